@@ -1,0 +1,384 @@
+"""The state of a session and what happens when the peer's frames arrive.
+
+:class:`SessionCore` holds everything a :class:`~tunnel.protocol.session.Session` knows and
+handles received frames; ``Session`` adds the driver contract and the commands. The split keeps
+each file readable; only ``Session`` is public.
+
+Receiving rules beyond the per-frame codec rules (wire-protocol.md §2-§6, docs/protocol.md):
+
+* Direction: the server never accepts WELCOME, BIND_OK or BIND_ERR; the client never accepts
+  HELLO or BIND.
+* Order: the server's first frame must be HELLO, and a second HELLO is an error. Until it sent
+  WELCOME, the server accepts nothing but GOAWAY. The client accepts nothing but WELCOME or
+  GOAWAY until WELCOME (and only GOAWAY before it sent HELLO). GOAWAY is accepted in every state
+  but CLOSED.
+* OPEN: the opener's parity (client odd, server even) and strictly increasing ids, else a
+  session error. Beyond ``max_streams`` streams opened by the peer and still open, or after we
+  sent GOAWAY: RST(REFUSED) and a StreamRefused event.
+* A frame other than OPEN or RST for a stream that is not open: RST(STREAM_CLOSED), no event;
+  an RST for such a stream is ignored.
+* Stream rule violations (table misses, DATA after FIN, flow control) reset that stream:
+  RST(code) queued, ``StreamReset(remote=False)`` emitted. Never fatal to the session.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from tunnel.protocol import events as ev
+from tunnel.protocol.config import Role, SessionConfig
+from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from tunnel.protocol.flow import Window
+from tunnel.protocol.frames import (
+    MAX_FRAME_SIZE_LIMIT,
+    BindErrFrame,
+    BindFrame,
+    BindOkFrame,
+    DataFrame,
+    Frame,
+    FrameType,
+    GoAwayFrame,
+    HelloFrame,
+    OpenFrame,
+    OpenOkFrame,
+    PingFrame,
+    PongFrame,
+    RstFrame,
+    UnbindFrame,
+    WelcomeFrame,
+    WindowFrame,
+)
+from tunnel.protocol.heartbeat import Heartbeat
+from tunnel.protocol.messages import Hello, Welcome
+from tunnel.protocol.outbox import Outbox
+from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE, validate_bind_values
+from tunnel.protocol.stream import Opener, Stream, StreamEffect, StreamInput, StreamState
+
+__all__ = ["MAX_REASON_SIZE", "SessionCore", "SessionState", "truncate_text"]
+
+#: Longest reason text put in an RST, GOAWAY or BIND_ERR we send (bytes of UTF-8).
+MAX_REASON_SIZE = 1024
+
+# Frame types only the server receives / only the client receives.
+_TO_SERVER_ONLY = frozenset({FrameType.HELLO, FrameType.BIND})
+_TO_CLIENT_ONLY = frozenset({FrameType.WELCOME, FrameType.BIND_OK, FrameType.BIND_ERR})
+
+
+class SessionState(Enum):
+    """Where a session is in its life.
+
+    ::
+
+        CLIENT: IDLE --send_hello--> HELLO_SENT --WELCOME--> OPEN
+        SERVER: IDLE --HELLO--> HELLO_RECEIVED --send_welcome--> OPEN
+        OPEN --GOAWAY sent or received--> DRAINING (existing streams go on, no new ones)
+        any --protocol error, connection_lost, GOAWAY before OPEN--> CLOSED
+    """
+
+    IDLE = "idle"
+    HELLO_SENT = "hello_sent"
+    HELLO_RECEIVED = "hello_received"
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+def truncate_text(text: str, max_size: int = MAX_REASON_SIZE) -> str:
+    """Cut ``text`` so that its UTF-8 encoding fits ``max_size`` bytes (never mid-character).
+
+    Args:
+        text: any text.
+        max_size: the byte limit.
+
+    Returns:
+        ``text`` or its longest prefix that fits.
+    """
+    encoded = text.encode()
+    if len(encoded) <= max_size:
+        return text
+    return encoded[:max_size].decode("utf-8", errors="ignore")
+
+
+class SessionCore:
+    """State of one session and the handling of received frames (base of ``Session``).
+
+    Args:
+        config: the session's parameters.
+    """
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self.role = config.role
+        self.version = config.version
+        self.state = SessionState.IDLE
+        #: Server: the HELLO received. Client: the HELLO sent.
+        self.hello: Hello | None = None
+        #: Client: the WELCOME received. Server: the WELCOME sent.
+        self.welcome: Welcome | None = None
+        #: Each side may have this many streams it opened open at once (WELCOME.maxStreams).
+        self.max_streams = config.max_streams
+        #: Largest DATA payload we send (client: WELCOME.maxFrame, capped at 4 MiB-10).
+        self.peer_max_frame_size = min(
+            config.peer_max_frame_size or config.max_frame_size, MAX_FRAME_SIZE_LIMIT
+        )
+        #: Our initial send credit per stream: the window the peer announced.
+        self.peer_window_size = DEFAULT_WINDOW_SIZE
+        #: Code of the last GOAWAY sent / received; None before any.
+        self.goaway_sent: int | None = None
+        self.goaway_received: int | None = None
+        self._events: list[ev.Event] = []
+        self._outbox = Outbox(version=config.version, max_message_size=config.max_message_size)
+        self._streams: dict[int, Stream] = {}
+        self._open_counts = {Opener.LOCAL: 0, Opener.REMOTE: 0}
+        self._heartbeat = Heartbeat(config.heartbeat_interval_s)
+        # Client streams are odd, server streams even (wire-protocol.md §2).
+        self._local_parity = 1 if config.role is Role.CLIENT else 0
+        self._next_local_id = 1 if config.role is Role.CLIENT else 2
+        self._last_remote_id = 0
+        self._now = 0.0
+        self._streams_opened_local = 0
+        self._streams_opened_remote = 0
+        self._streams_refused = 0
+        self._data_bytes_received = 0
+        self._messages_received = 0
+
+    # -- stream bookkeeping -----------------------------------------------------------------------
+
+    def _new_stream(self, stream_id: int, bind_id: int, opener: Opener, origin: str | None) -> Stream:
+        window = Window(
+            send_credit=self.peer_window_size, receive_window=self.config.receive_window_size
+        )
+        stream = Stream(stream_id, bind_id, opener, window, origin)
+        self._streams[stream_id] = stream
+        self._open_counts[opener] += 1
+        return stream
+
+    def _forget(self, stream: Stream) -> None:
+        stream.machine.state = StreamState.CLOSED
+        if self._streams.pop(stream.stream_id, None) is not None:
+            self._open_counts[stream.opener] -= 1
+
+    def _queue_rst(self, stream_id: int, code: int, reason: str) -> None:
+        self._outbox.drop_stream(stream_id)
+        self._outbox.queue_control(RstFrame(stream_id, code, truncate_text(reason)))
+
+    def _process_local(self, stream: Stream, stream_input: StreamInput) -> StreamEffect | None:
+        """Apply one of our commands to a stream; on a table miss reset it and re-raise."""
+        try:
+            return stream.process(stream_input)
+        except LocalProtocolError as exc:
+            # The table says CLOSED: tell the peer, so that both ends agree.
+            self._queue_rst(stream.stream_id, ErrorCode.PROTOCOL_ERROR, str(exc))
+            self._forget(stream)
+            raise
+
+    def _reset_by_us(self, stream: Stream, exc: RemoteProtocolError) -> None:
+        """The peer broke a stream rule: RST(code) and StreamReset(remote=False)."""
+        self._queue_rst(stream.stream_id, exc.error_code, str(exc))
+        self._forget(stream)
+        self._events.append(ev.StreamReset(stream.stream_id, exc.error_code, str(exc), False))
+
+    def _close_streams(self) -> None:
+        for stream in list(self._streams.values()):
+            self._forget(stream)
+
+    def _close_everything(self) -> None:
+        self._close_streams()
+        self._outbox.clear()
+        self.state = SessionState.CLOSED
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        """A session rule was broken: only GOAWAY(code, reason) stays queued; CLOSED."""
+        self._close_everything()
+        self._outbox.queue_control(GoAwayFrame(exc.error_code, truncate_text(str(exc))))
+        self.goaway_sent = exc.error_code
+
+    # -- received frames --------------------------------------------------------------------------
+
+    def _check_allowed(self, frame_type: FrameType) -> None:
+        name = frame_type.name
+        server = self.role is Role.SERVER
+        if (server and frame_type in _TO_CLIENT_ONLY) or (not server and frame_type in _TO_SERVER_ONLY):
+            sender = "client" if server else "server"
+            raise RemoteProtocolError(f"{name} sent by the {sender} (wrong direction)")
+        state = self.state
+        if state in (SessionState.OPEN, SessionState.DRAINING):
+            if frame_type is FrameType.HELLO:
+                raise RemoteProtocolError("second HELLO")
+            if frame_type is FrameType.WELCOME:
+                raise RemoteProtocolError("second WELCOME")
+            return
+        if frame_type is FrameType.GOAWAY:  # e.g. AUTH_FAILED instead of WELCOME
+            return
+        if state is SessionState.IDLE:
+            if server and frame_type is FrameType.HELLO:
+                return
+            if server:
+                raise RemoteProtocolError(f"expected HELLO as the first frame, got {name}")
+            raise RemoteProtocolError(f"{name} before the client sent HELLO")
+        if state is SessionState.HELLO_SENT and frame_type is FrameType.WELCOME:
+            return
+        if frame_type is FrameType.HELLO:
+            raise RemoteProtocolError("second HELLO")
+        raise RemoteProtocolError(f"{name} before WELCOME")
+
+    def _handle_frame(self, frame: Frame) -> None:
+        if isinstance(frame, DataFrame):  # the hot path first
+            self._on_data(frame)
+            return
+        self._check_allowed(frame.frame_type)
+        if isinstance(frame, WindowFrame):
+            self._on_window(frame)
+        elif isinstance(frame, OpenFrame):
+            self._on_open(frame)
+        elif isinstance(frame, OpenOkFrame):
+            self._on_open_ok(frame)
+        elif isinstance(frame, RstFrame):
+            self._on_rst(frame)
+        elif isinstance(frame, PingFrame):
+            self._outbox.queue_control(PongFrame(frame.payload))
+        elif isinstance(frame, PongFrame):
+            rtt_s = self._heartbeat.pong(frame.payload, self._now)
+            if rtt_s is not None:
+                self._events.append(ev.PongReceived(rtt_s))
+        elif isinstance(frame, GoAwayFrame):
+            self._on_goaway(frame)
+        elif isinstance(frame, HelloFrame):
+            self.hello = frame.hello
+            self.state = SessionState.HELLO_RECEIVED
+            self._events.append(ev.HelloReceived(frame.hello))
+        elif isinstance(frame, WelcomeFrame):
+            self._on_welcome(frame.welcome)
+        elif isinstance(frame, BindFrame):
+            self._on_bind(frame)
+        elif isinstance(frame, BindOkFrame):
+            self._events.append(ev.BindAccepted(frame.result))
+        elif isinstance(frame, BindErrFrame):
+            self._events.append(ev.BindFailed(frame.req_id, frame.error_code, frame.error))
+        else:
+            assert isinstance(frame, UnbindFrame)
+            if self.role is Role.SERVER:  # the echo is the acknowledgement (wire-protocol.md §2)
+                self._outbox.queue_control(UnbindFrame(frame.bind_id))
+            self._events.append(ev.UnbindReceived(frame.bind_id))
+
+    def _unknown_stream(self, stream_id: int, frame_type: FrameType) -> None:
+        # wire-protocol.md §5: frames for a stream we do not know get RST(STREAM_CLOSED).
+        self._queue_rst(
+            stream_id, ErrorCode.STREAM_CLOSED, f"{frame_type.name} for stream {stream_id}, which is not open"
+        )
+
+    def _on_data(self, frame: DataFrame) -> None:
+        if self.state not in (SessionState.OPEN, SessionState.DRAINING):
+            self._check_allowed(FrameType.DATA)
+        stream_id = frame.stream_id
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self._unknown_stream(stream_id, FrameType.DATA)
+            return
+        size = len(frame.data)
+        try:
+            # The state first: DATA after FIN is STREAM_CLOSED whatever its size.
+            stream.process(StreamInput.RECV_FIN if frame.end_stream else StreamInput.RECV_DATA)
+            stream.window.record_received(size)
+        except RemoteProtocolError as exc:
+            self._reset_by_us(stream, exc)
+            return
+        self._data_bytes_received += size
+        if size:
+            self._events.append(ev.DataReceived(stream_id, frame.data))
+        if frame.end_stream:
+            self._events.append(ev.StreamEnded(stream_id))
+        if stream.closed:
+            self._forget(stream)
+
+    def _on_window(self, frame: WindowFrame) -> None:
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            self._unknown_stream(frame.stream_id, FrameType.WINDOW)
+            return
+        try:
+            stream.process(StreamInput.RECV_WINDOW)
+            stream.window.add_send_credit(frame.increment)
+        except RemoteProtocolError as exc:
+            self._reset_by_us(stream, exc)
+            return
+        self._events.append(ev.WindowUpdated(frame.stream_id, frame.increment))
+
+    def _on_open_ok(self, frame: OpenOkFrame) -> None:
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            self._unknown_stream(frame.stream_id, FrameType.OPEN_OK)
+            return
+        try:
+            stream.process(StreamInput.RECV_OPEN_OK)
+        except RemoteProtocolError as exc:
+            self._reset_by_us(stream, exc)
+            return
+        self._events.append(ev.StreamAccepted(frame.stream_id))
+
+    def _on_rst(self, frame: RstFrame) -> None:
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            return  # never answer an RST with an RST
+        stream.process(StreamInput.RECV_RST)  # listed for every live state
+        self._outbox.drop_stream(frame.stream_id)
+        self._forget(stream)
+        self._events.append(ev.StreamReset(frame.stream_id, frame.error_code, frame.reason, True))
+
+    def _on_open(self, frame: OpenFrame) -> None:
+        stream_id = frame.stream_id
+        peer = "server" if self.role is Role.CLIENT else "client"
+        if stream_id % 2 == self._local_parity:
+            parity = "even" if peer == "server" else "odd"
+            raise RemoteProtocolError(f"OPEN of stream {stream_id}: the {peer} opens {parity} ids")
+        if stream_id <= self._last_remote_id:
+            raise RemoteProtocolError(
+                f"OPEN of stream {stream_id}: ids must increase (last was {self._last_remote_id})"
+            )
+        self._last_remote_id = stream_id
+        if self.goaway_sent is not None:
+            self._refuse(frame, "GOAWAY sent: no new streams")
+        elif self._open_counts[Opener.REMOTE] >= self.max_streams:
+            self._refuse(frame, f"maxStreams {self.max_streams} reached")
+        else:
+            stream = self._new_stream(stream_id, frame.bind_id, Opener.REMOTE, frame.origin)
+            stream.process(StreamInput.RECV_OPEN)
+            self._streams_opened_remote += 1
+            self._events.append(ev.StreamOpened(stream_id, frame.bind_id, frame.origin))
+
+    def _refuse(self, frame: OpenFrame, reason: str) -> None:
+        self._queue_rst(frame.stream_id, ErrorCode.REFUSED, reason)
+        self._streams_refused += 1
+        self._events.append(ev.StreamRefused(frame.stream_id, frame.bind_id, ErrorCode.REFUSED))
+
+    def _on_goaway(self, frame: GoAwayFrame) -> None:
+        self.goaway_received = frame.error_code
+        self._events.append(ev.GoAwayReceived(frame.error_code, frame.reason))
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.DRAINING
+        elif self.state is not SessionState.DRAINING:
+            self._close_streams()
+            self.state = SessionState.CLOSED
+
+    def _on_welcome(self, welcome: Welcome) -> None:
+        if welcome.protocol != self.config.subprotocol:
+            raise RemoteProtocolError(
+                f"WELCOME protocol {welcome.protocol!r} is not the negotiated "
+                f"{self.config.subprotocol!r}"
+            )
+        self.welcome = welcome
+        self.max_streams = welcome.max_streams
+        self.peer_max_frame_size = min(welcome.max_frame, MAX_FRAME_SIZE_LIMIT)
+        self.peer_window_size = welcome.window
+        self._heartbeat.interval_s = welcome.heartbeat_ms / 1000
+        self.state = SessionState.OPEN
+        self._events.append(ev.WelcomeReceived(welcome))
+
+    def _on_bind(self, frame: BindFrame) -> None:
+        checked = validate_bind_values(frame.req_id, frame.kind, frame.port, frame.mode)
+        if isinstance(checked, str):
+            code = ErrorCode.PROTOCOL_ERROR
+            self._outbox.queue_control(BindErrFrame(frame.req_id, code, checked))
+            self._events.append(ev.BindRejected(frame.req_id, code, checked))
+        else:
+            self._events.append(ev.BindRequested(checked))

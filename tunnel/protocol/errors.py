@@ -1,0 +1,127 @@
+"""Error codes of the wire protocol and the exceptions hoody-tunnel raises on purpose.
+
+``ErrorCode`` is the wire contract (wire-protocol.md §8) and the only place error numbers appear.
+A code received from the peer that this version does not know stays a plain ``int``
+(:func:`error_code_from_wire`), so a newer peer never breaks an older one.
+
+Exception tree (house-style §4)::
+
+    TunnelError                 root: everything we raise on purpose
+    ├── ProtocolError           .error_code; abstract (h11): only the two subclasses are raised
+    │   ├── LocalProtocolError  a command broke the rules: a bug in the calling code
+    │   └── RemoteProtocolError the peer broke the rules; a Session already queued GOAWAY
+    └── UpstreamError           server/: dialing or pumping the target failed
+
+``ConfigError`` lives in :mod:`tunnel.config` (a subclass of :class:`TunnelError`).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "ErrorCode",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "TunnelError",
+    "UpstreamError",
+    "error_code_from_wire",
+]
+
+
+class ErrorCode(IntEnum):
+    """Error codes carried by RST, GOAWAY and BIND_ERR (u16 on the wire; wire-protocol.md §8)."""
+
+    NORMAL = 0x0000
+    ADMIN_CLOSE = 0x0001
+    PROTOCOL_ERROR = 0x0002
+    SHUTDOWN = 0x0003
+    AUTH_FAILED = 0x0004
+    TIMEOUT = 0x0005
+    REFUSED = 0x0006
+    RESOURCE_EXHAUSTED = 0x0007
+    CONNECT_FAILED = 0x0008
+    FLOW_CONTROL_ERROR = 0x0009
+    NOT_FOUND = 0x000A
+    FORBIDDEN = 0x000B
+    SUPERSEDED = 0x000C
+    RESUME_FAILED = 0x000D
+    STREAM_CLOSED = 0x000E
+    PORT_IN_USE = 0x000F
+
+
+_KNOWN_CODES = frozenset(int(code) for code in ErrorCode)
+
+
+def error_code_from_wire(value: int) -> ErrorCode | int:
+    """Map a code received from the peer to :class:`ErrorCode` when it is a known one.
+
+    Args:
+        value: the u16 (or JSON integer) code as received.
+
+    Returns:
+        The matching :class:`ErrorCode` member, or ``value`` unchanged (a plain ``int``) when
+        this version does not know it.
+    """
+    if value in _KNOWN_CODES:
+        return ErrorCode(value)
+    return value
+
+
+class TunnelError(Exception):
+    """Root of every error hoody-tunnel raises on purpose."""
+
+
+class ProtocolError(TunnelError):
+    """The rules of the wire protocol were broken. Abstract: raise a subclass.
+
+    Attributes:
+        error_code: the :class:`ErrorCode` that describes the violation (GOAWAY or RST code).
+        stream_id: the stream concerned, or None for a session-level violation.
+
+    Args:
+        message: human-readable text (it also becomes the GOAWAY/RST reason).
+        error_code: defaults to ``ErrorCode.PROTOCOL_ERROR``.
+        stream_id: optional stream the violation concerns.
+
+    Raises:
+        TypeError: on direct instantiation of ``ProtocolError`` (as h11 does): say which side
+            broke the rules by raising :class:`LocalProtocolError` or
+            :class:`RemoteProtocolError`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        error_code: ErrorCode = ErrorCode.PROTOCOL_ERROR,
+        *,
+        stream_id: int | None = None,
+    ) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError("ProtocolError is abstract: raise LocalProtocolError or RemoteProtocolError")
+        super().__init__(message)
+        self.error_code = error_code
+        self.stream_id = stream_id
+
+
+class LocalProtocolError(ProtocolError):
+    """A command broke the protocol's rules (wrong state, beyond credit, bad value...).
+
+    Raised by Session commands and by :func:`~tunnel.protocol.frames.encode_frame`. It means the
+    calling code has a bug; nothing was queued for the peer unless the docstring of the command
+    says otherwise.
+    """
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol's rules.
+
+    Raised by the frame decoders, and by ``Session.receive_message`` only after it queued
+    ``GOAWAY(error_code, str(exc))`` and moved to ``SessionState.CLOSED``: the driver writes
+    what ``messages_to_send()`` returns, then closes the WebSocket.
+    """
+
+
+class UpstreamError(TunnelError):
+    """Dialing or pumping a tunnel target failed (server/ raises it ``from`` the OSError)."""

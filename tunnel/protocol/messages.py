@@ -1,0 +1,75 @@
+"""Typed contents of the JSON control frames (HELLO, WELCOME, BIND, BIND_OK).
+
+Parsing and validation of the JSON lives with the codec; these are the values handed around.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class BindKind(str, Enum):
+    EXPOSE = "EXPOSE"
+    PULL = "PULL"
+
+
+class BindMode(str, Enum):
+    TCP = "tcp"
+    HTTP = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOffsets:
+    """One entry of a resume ``received`` map: ``[receivedBytes, consumedBytes, finReceived]``."""
+
+    received_bytes: int
+    consumed_bytes: int
+    fin_received: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRequest:
+    session_id: str
+    resume_token: str
+    received: dict[int, StreamOffsets] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    token: str
+    client: str
+    window: int | None = None  # None: the peer's default (256 KiB)
+    resume: ResumeRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    session_id: str
+    protocol: str
+    resumed: bool
+    max_streams: int
+    window: int
+    max_frame: int
+    heartbeat_ms: int
+    server: str
+    resume_token: str | None = None  # v2 only
+    orphan_ttl_ms: int | None = None  # v2 only
+    received: dict[int, StreamOffsets] | None = None  # v2, when resumed
+
+
+@dataclass(frozen=True, slots=True)
+class BindRequest:
+    req_id: int
+    kind: BindKind
+    port: int
+    mode: BindMode
+
+
+@dataclass(frozen=True, slots=True)
+class BindResult:
+    req_id: int
+    bind_id: int
+    kind: BindKind
+    port: int
+    mode: BindMode

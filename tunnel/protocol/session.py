@@ -1,0 +1,636 @@
+"""Session: the sans-I/O state of one tunnel WebSocket, client or server side.
+
+A Session owns no socket, clock or randomness. Its driver feeds it each WebSocket message
+(:meth:`Session.receive_message`), the time (:meth:`Session.handle_timer`) and its commands
+(:meth:`Session.open_stream`, :meth:`Session.send_data`, ...); after each call it collects
+:meth:`Session.events_received` and writes :meth:`Session.messages_to_send`.
+
+The Session is a coordinator. Framing lives in :mod:`~tunnel.protocol.frames`, the per-stream
+state table in :mod:`~tunnel.protocol.stream`, byte accounting in :mod:`~tunnel.protocol.flow`,
+sending order and batching in :mod:`~tunnel.protocol.outbox`, liveness in
+:mod:`~tunnel.protocol.heartbeat`, and the session's state and the handling of received
+frames in :mod:`~tunnel.protocol.core` (the base class of ``Session``).
+
+Session states::
+
+    CLIENT: IDLE --send_hello--> HELLO_SENT --WELCOME--> OPEN --GOAWAY sent/received--> DRAINING
+    SERVER: IDLE --HELLO--> HELLO_RECEIVED --send_welcome--> OPEN --GOAWAY...--> DRAINING
+    any --protocol error / connection_lost / GOAWAY before OPEN--> CLOSED
+
+Error model (house-style §4): a command that breaks the rules raises
+:class:`~tunnel.protocol.errors.LocalProtocolError`. A peer that breaks a session rule makes
+``receive_message`` queue ``GOAWAY(code, reason)``, move to CLOSED and raise
+:class:`~tunnel.protocol.errors.RemoteProtocolError`. A peer that breaks a stream rule gets an RST
+for that stream and the driver a ``StreamReset(remote=False)`` event; the session carries on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tunnel.protocol.config import Role
+from tunnel.protocol.core import SessionCore, SessionState, truncate_text
+from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from tunnel.protocol.events import ConnectionDead, Event
+from tunnel.protocol.frames import (
+    BindErrFrame,
+    BindFrame,
+    BindOkFrame,
+    GoAwayFrame,
+    HelloFrame,
+    OpenFrame,
+    OpenOkFrame,
+    PingFrame,
+    RstFrame,
+    UnbindFrame,
+    WelcomeFrame,
+    WindowFrame,
+    decode_message,
+)
+from tunnel.protocol.messages import BindRequest, BindResult, Hello, Welcome
+from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE
+from tunnel.protocol.stream import Opener, Stream, StreamInput, StreamState
+
+__all__ = ["Session", "SessionState", "SessionStatistics"]
+
+_U16_MAX = 0xFFFF
+_U32_MAX = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatistics:
+    """A snapshot of a session's numbers (trio's ``statistics()`` convention).
+
+    Attributes:
+        state: the session state.
+        active_streams: streams not CLOSED, whoever opened them.
+        streams_opened_local: streams this side opened, since the start.
+        streams_opened_remote: streams the peer opened and the session did not refuse.
+        streams_refused: OPENs the session refused itself (maxStreams, after GOAWAY).
+        data_bytes_sent: DATA payload bytes handed to the driver in messages.
+        data_bytes_received: DATA payload bytes received and accepted.
+        messages_sent: WebSocket messages handed to the driver.
+        messages_received: WebSocket messages received.
+        queued_streams: streams with DATA still queued.
+        rtt_s: round-trip time of the last answered heartbeat PING, or None.
+        goaway_sent: code of the last GOAWAY we queued, or None.
+        goaway_received: code of the last GOAWAY the peer sent, or None.
+    """
+
+    state: SessionState
+    active_streams: int
+    streams_opened_local: int
+    streams_opened_remote: int
+    streams_refused: int
+    data_bytes_sent: int
+    data_bytes_received: int
+    messages_sent: int
+    messages_received: int
+    queued_streams: int
+    rtt_s: float | None
+    goaway_sent: int | None
+    goaway_received: int | None
+
+
+def _check_code(code: int, what: str) -> None:
+    if not isinstance(code, int) or not 0 <= code <= _U16_MAX:
+        raise LocalProtocolError(f"{what}: error code must be a u16, got {code!r}")
+
+
+class Session(SessionCore):
+    """The protocol state of one tunnel WebSocket: the only stateful entry point of the core.
+
+    Calls never block and never yield; under gevent each call is atomic, so a check such as
+    :meth:`is_open` or :meth:`outbound_credit` followed by a command sees no change between them.
+
+    Args:
+        config: the session's parameters (:class:`~tunnel.protocol.config.SessionConfig`: role,
+            negotiated version, windows and limits).
+
+    Raises:
+        LocalProtocolError: never for a valid config (SessionConfig checks its values).
+    """
+
+    # -- driver contract --------------------------------------------------------------------------
+
+    def receive_message(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Process one WebSocket binary message from the peer.
+
+        Args:
+            data: the whole message. DATA payloads handed out in DataReceived events are slices
+                of it: do not modify it while they are in use.
+            now: current time in seconds (any monotonic origin); it also feeds the heartbeat.
+
+        Raises:
+            RemoteProtocolError: the peer broke a session rule. GOAWAY(``exc.error_code``,
+                ``str(exc)``) is already queued and the session is CLOSED; write
+                ``messages_to_send()``, then close the WebSocket. Events produced by the frames
+                before the bad one are still delivered. A message received while CLOSED is
+                ignored.
+        """
+        if self.state is SessionState.CLOSED:
+            return
+        self._now = now
+        self._heartbeat.received(now)
+        self._messages_received += 1
+        try:
+            frames = decode_message(
+                data, max_frame_size=self.config.max_frame_size, version=self.version
+            )
+            for frame in frames:
+                self._handle_frame(frame)
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+            raise
+
+    def connection_lost(self) -> None:
+        """The WebSocket is gone (closed, reset, or dropped after ConnectionDead).
+
+        Every stream is closed and everything queued is dropped; the session is CLOSED.
+        No event is emitted.
+        """
+        self._close_everything()
+
+    def events_received(self) -> list[Event]:
+        """Take the events produced since the last call.
+
+        Returns:
+            The events in order, as an eager list (the session forgets them).
+        """
+        events, self._events = self._events, []
+        return events
+
+    def messages_to_send(self, max_bytes: int | None = None) -> list[bytes]:
+        """Take queued frames as WebSocket binary messages, to be written in order.
+
+        Control frames (everything but DATA) come first in FIFO order, then DATA round robin
+        between streams. v1: one frame per message; v2: whole frames packed into messages of at
+        most ``config.max_message_size`` bytes (a larger single frame travels alone).
+
+        Args:
+            max_bytes: stop after about that many bytes (at least one message when anything is
+                queued); the rest stays queued. None: everything.
+
+        Returns:
+            The messages (possibly none).
+        """
+        return self._outbox.pop_messages(max_bytes)
+
+    def has_data_to_send(self) -> bool:
+        """Tell whether anything is queued.
+
+        Returns:
+            True when :meth:`messages_to_send` would return at least one message.
+        """
+        return bool(self._outbox)
+
+    def handle_timer(self, now: float) -> None:
+        """Let time pass: heartbeat PINGs and dead-connection detection (wire-protocol.md §6).
+
+        The first call (or the first ``receive_message``) starts the clock. While the session
+        is OPEN or DRAINING: after one heartbeat interval without any received message a PING
+        is queued, after a second interval another; after three intervals a
+        ``ConnectionDead(silent_s)`` event is emitted (once per silence). Drop the connection
+        then, without GOAWAY.
+
+        Args:
+            now: current time in seconds (same origin as ``receive_message``).
+        """
+        self._now = now
+        if not self._heartbeat.started:
+            self._heartbeat.received(now)  # the first call starts the clock
+            return
+        if self.state not in (SessionState.OPEN, SessionState.DRAINING):
+            return
+        payload, silent_s = self._heartbeat.poll(now)
+        if payload is not None:
+            self._outbox.queue_control(PingFrame(payload))
+        if silent_s is not None:
+            self._events.append(ConnectionDead(silent_s))
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` next has work.
+
+        Returns:
+            A time in seconds on the clock of ``now``, or None (clock not started, session not
+            OPEN/DRAINING, or nothing pending).
+        """
+        if self.state not in (SessionState.OPEN, SessionState.DRAINING):
+            return None
+        return self._heartbeat.deadline()
+
+    # -- handshake and bindings -------------------------------------------------------------------
+
+    def _require(self, what: str, *, role: Role | None = None, states: tuple[SessionState, ...]) -> None:
+        if role is not None and self.role is not role:
+            raise LocalProtocolError(f"{what}: only the {role.value} may do this")
+        if self.state not in states:
+            raise LocalProtocolError(f"{what}: not allowed in session state {self.state.name}")
+
+    def send_hello(self, hello: Hello) -> None:
+        """Client: send HELLO, the first frame of the session.
+
+        Args:
+            hello: the HELLO. A None ``window`` is sent as ``config.receive_window_size``.
+
+        Raises:
+            LocalProtocolError: not a client in state IDLE; ``hello.window`` differs from
+                ``config.receive_window_size``; a ``resume`` in v1.
+        """
+        self._require("send_hello", role=Role.CLIENT, states=(SessionState.IDLE,))
+        if hello.window is None:
+            hello = replace(hello, window=self.config.receive_window_size)
+        elif hello.window != self.config.receive_window_size:
+            raise LocalProtocolError(
+                f"send_hello: window {hello.window} differs from receive_window_size "
+                f"{self.config.receive_window_size}"
+            )
+        if hello.resume is not None and self.version < 2:
+            raise LocalProtocolError("send_hello: resume needs hoody-tunnel.v2")
+        self._outbox.queue_control(HelloFrame(hello))
+        self.hello = hello
+        self.state = SessionState.HELLO_SENT
+
+    def send_welcome(self, welcome: Welcome) -> None:
+        """Server: accept the session after ``HelloReceived``; the session becomes OPEN.
+
+        The HELLO's window (256 KiB when absent) becomes our initial send credit per stream.
+
+        Args:
+            welcome: the WELCOME. Its ``protocol``, ``window``, ``max_frame`` and
+                ``max_streams`` must match the config (they are what the session enforces).
+
+        Raises:
+            LocalProtocolError: not a server in state HELLO_RECEIVED, or a mismatch as above.
+        """
+        self._require("send_welcome", role=Role.SERVER, states=(SessionState.HELLO_RECEIVED,))
+        config = self.config
+        for name, got, expected in (
+            ("protocol", welcome.protocol, config.subprotocol),
+            ("window", welcome.window, config.receive_window_size),
+            ("max_frame", welcome.max_frame, config.max_frame_size),
+            ("max_streams", welcome.max_streams, config.max_streams),
+        ):
+            if got != expected:
+                raise LocalProtocolError(f"send_welcome: {name} {got!r} differs from {expected!r}")
+        assert self.hello is not None
+        self.peer_window_size = (
+            self.hello.window if self.hello.window is not None else DEFAULT_WINDOW_SIZE
+        )
+        self._outbox.queue_control(WelcomeFrame(welcome))
+        self.welcome = welcome
+        self.state = SessionState.OPEN
+
+    def send_bind(self, request: BindRequest) -> None:
+        """Client: ask for a binding (answered by BindAccepted or BindFailed).
+
+        Args:
+            request: the BIND request; ``req_id`` is the client's correlation number.
+
+        Raises:
+            LocalProtocolError: not a client, or the session is not OPEN/DRAINING.
+        """
+        self._require("send_bind", role=Role.CLIENT, states=(SessionState.OPEN, SessionState.DRAINING))
+        self._outbox.queue_control(BindFrame.from_request(request))
+
+    def send_bind_ok(self, result: BindResult) -> None:
+        """Server: answer a BindRequested with BIND_OK.
+
+        Args:
+            result: the binding (its ``req_id`` echoes the request's).
+
+        Raises:
+            LocalProtocolError: not a server, or the session is not OPEN/DRAINING.
+        """
+        self._require(
+            "send_bind_ok", role=Role.SERVER, states=(SessionState.OPEN, SessionState.DRAINING)
+        )
+        self._outbox.queue_control(BindOkFrame(result))
+
+    def send_bind_error(self, req_id: int, code: int, error: str) -> None:
+        """Server: answer a BindRequested with BIND_ERR.
+
+        Args:
+            req_id: the request's ``reqId``.
+            code: an :class:`~tunnel.protocol.errors.ErrorCode` (FORBIDDEN, PORT_IN_USE...).
+            error: human text naming the port and the reason (cut to 1 KiB).
+
+        Raises:
+            LocalProtocolError: not a server, the session is not OPEN/DRAINING, or ``code`` is
+                not a u16.
+        """
+        self._require(
+            "send_bind_error", role=Role.SERVER, states=(SessionState.OPEN, SessionState.DRAINING)
+        )
+        _check_code(code, "send_bind_error")
+        self._outbox.queue_control(BindErrFrame(req_id, code, truncate_text(error)))
+
+    def send_unbind(self, bind_id: int) -> None:
+        """Send UNBIND: the client asks to close a binding (the server echoes it); a server may
+        also announce that it closed one.
+
+        Args:
+            bind_id: the binding.
+
+        Raises:
+            LocalProtocolError: the session is not OPEN/DRAINING, or ``bind_id`` is not a u32.
+        """
+        self._require("send_unbind", states=(SessionState.OPEN, SessionState.DRAINING))
+        if not 0 <= bind_id <= _U32_MAX:
+            raise LocalProtocolError(f"send_unbind: bind id {bind_id} is not a u32")
+        self._outbox.queue_control(UnbindFrame(bind_id))
+
+    # -- streams ----------------------------------------------------------------------------------
+
+    def _local_streams_in_use(self) -> int:
+        # A stream we opened stays counted until its last queued DATA (its FIN) has been taken
+        # out: otherwise a new OPEN (a control frame, sent ahead of DATA) could overtake that FIN
+        # and reach the peer while it still counts the old stream, and be refused.
+        lingering = sum(
+            1
+            for stream_id in self._outbox.queued_stream_ids()
+            if stream_id % 2 == self._local_parity and stream_id not in self._streams
+        )
+        return self._open_counts[Opener.LOCAL] + lingering
+
+    def can_open_stream(self) -> bool:
+        """Tell whether :meth:`open_stream` would succeed now.
+
+        Returns:
+            True when the session is OPEN (no GOAWAY sent or received), this side has fewer
+            than ``max_streams`` streams it opened still in use, and ids are not exhausted.
+        """
+        return (
+            self.state is SessionState.OPEN
+            and self._next_local_id <= _U32_MAX
+            and self._local_streams_in_use() < self.max_streams
+        )
+
+    def open_stream(self, bind_id: int, origin: str | None = None) -> int:
+        """Open a stream: queue OPEN. Early DATA may follow at once (within the credit).
+
+        Args:
+            bind_id: the binding the stream belongs to (u32).
+            origin: optional ``"ip:port"`` of the connection that caused it.
+
+        Returns:
+            The new stream id: odd for the client, even (>= 2) for the server, increasing.
+
+        Raises:
+            LocalProtocolError: the session is not OPEN (handshake not done, GOAWAY sent or
+                received, closed), ``max_streams`` streams of ours are in use (see
+                :meth:`can_open_stream`), or ``bind_id`` is not a u32.
+        """
+        self._require("open_stream", states=(SessionState.OPEN,))
+        if not 0 <= bind_id <= _U32_MAX:
+            raise LocalProtocolError(f"open_stream: bind id {bind_id} is not a u32")
+        if not self.can_open_stream():
+            raise LocalProtocolError(
+                f"open_stream: {self.max_streams} streams already open (maxStreams)",
+                ErrorCode.REFUSED,
+            )
+        stream_id = self._next_local_id
+        self._next_local_id += 2
+        stream = self._new_stream(stream_id, bind_id, Opener.LOCAL, origin)
+        stream.process(StreamInput.SEND_OPEN)
+        self._outbox.queue_control(OpenFrame(stream_id, bind_id, origin or None))
+        self._streams_opened_local += 1
+        return stream_id
+
+    def accept_stream(self, stream_id: int) -> None:
+        """Accept a stream the peer opened (StreamOpened): queue OPEN_OK.
+
+        Args:
+            stream_id: the stream.
+
+        Raises:
+            LocalProtocolError: ``STREAM_CLOSED`` when the stream is unknown or closed (e.g.
+                the peer reset it meanwhile: check :meth:`is_open` first); ``PROTOCOL_ERROR``
+                when it cannot be accepted (we opened it, or it was accepted already); the
+                stream is then reset with RST(PROTOCOL_ERROR).
+        """
+        stream = self._live_stream(stream_id, "accept_stream")
+        self._process_local(stream, StreamInput.SEND_OPEN_OK)
+        self._outbox.queue_control(OpenOkFrame(stream_id))
+
+    def send_data(
+        self, stream_id: int, data: bytes | bytearray | memoryview, *, end_stream: bool = False
+    ) -> None:
+        """Queue DATA on a stream, split into frames of at most the peer's maxFrame.
+
+        Args:
+            stream_id: the stream. Early data is allowed on a stream we opened, before OPEN_OK.
+            data: the payload, at most :meth:`outbound_credit` bytes. ``bytes`` are queued
+                without a copy; a writable buffer is copied once.
+            end_stream: set FIN on the last frame (alone, ``b""`` sends an empty DATA+FIN,
+                which uses no credit).
+
+        Raises:
+            LocalProtocolError: ``FLOW_CONTROL_ERROR`` when ``data`` exceeds the credit (nothing
+                queued, the stream unchanged); ``STREAM_CLOSED`` for an unknown or closed stream;
+                ``PROTOCOL_ERROR`` when the stream's state forbids it (FIN already sent, not yet
+                accepted by us): the stream is then reset with RST(PROTOCOL_ERROR).
+        """
+        stream = self._live_stream(stream_id, "send_data")
+        stream_input = StreamInput.SEND_FIN if end_stream else StreamInput.SEND_DATA
+        if not stream.machine.allows(stream_input):
+            self._process_local(stream, stream_input)  # raises and resets the stream
+        payload: bytes | memoryview
+        if isinstance(data, bytes):
+            payload = data
+        else:
+            view = memoryview(data)
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+            # A writable buffer may be reused by the caller: copy it once.
+            payload = view if view.readonly else view.tobytes()
+        size = len(payload)
+        stream.window.consume_send_credit(size)
+        self._process_local(stream, stream_input)
+        step = self.peer_max_frame_size
+        if size == 0:
+            if end_stream:
+                self._outbox.queue_data(stream_id, b"", True)
+        elif size <= step:
+            self._outbox.queue_data(stream_id, payload, end_stream)
+        else:
+            view = memoryview(payload)  # slices of a memoryview do not copy
+            for offset in range(0, size, step):
+                last = offset + step >= size
+                self._outbox.queue_data(stream_id, view[offset : offset + step], end_stream and last)
+        if stream.closed:
+            self._forget(stream)
+
+    def outbound_credit(self, stream_id: int) -> int:
+        """How many DATA bytes :meth:`send_data` accepts now on a stream.
+
+        Args:
+            stream_id: the stream.
+
+        Returns:
+            The credit; 0 for an unknown or closed stream, or one on which we may not send
+            (FIN sent, or opened by the peer and not accepted yet).
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.local_open:
+            return 0
+        return stream.window.send_credit
+
+    def acknowledge_data(self, stream_id: int, size: int) -> None:
+        """Report ``size`` received bytes of a stream written to the local socket.
+
+        May queue a WINDOW: once at least half our window has been acknowledged since the last
+        one, and only while the peer may still send on the stream.
+
+        Args:
+            stream_id: the stream; unknown or closed: nothing happens.
+            size: bytes written (at most what was received and not yet acknowledged).
+
+        Raises:
+            LocalProtocolError: ``size`` negative or more than the unacknowledged bytes.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        increment = stream.window.acknowledge(size, announce=stream.remote_open)
+        if increment:
+            self._process_local(stream, StreamInput.SEND_WINDOW)
+            self._outbox.queue_control(WindowFrame(stream_id, increment))
+
+    def reset_stream(self, stream_id: int, code: int, reason: str = "") -> None:
+        """Reset a stream: queue RST and drop its queued DATA. The stream is CLOSED.
+
+        Args:
+            stream_id: the stream; unknown or closed: nothing happens.
+            code: an :class:`~tunnel.protocol.errors.ErrorCode` (u16).
+            reason: human text (cut to 1 KiB).
+
+        Raises:
+            LocalProtocolError: ``code`` is not a u16.
+        """
+        _check_code(code, "reset_stream")
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        self._process_local(stream, StreamInput.SEND_RST)
+        self._queue_rst(stream_id, code, reason)
+        self._forget(stream)
+
+    def stream_ids(self) -> list[int]:
+        """Ids of the streams not CLOSED, in opening order.
+
+        Returns:
+            The ids.
+        """
+        return list(self._streams)
+
+    def is_open(self, stream_id: int) -> bool:
+        """Tell whether a stream exists and is not CLOSED.
+
+        Args:
+            stream_id: the stream.
+
+        Returns:
+            True for a live stream.
+        """
+        return stream_id in self._streams
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        """The state of a stream.
+
+        Args:
+            stream_id: the stream.
+
+        Returns:
+            Its :class:`~tunnel.protocol.stream.StreamState`; CLOSED when unknown.
+        """
+        stream = self._streams.get(stream_id)
+        return StreamState.CLOSED if stream is None else stream.state
+
+    def stream_bind_id(self, stream_id: int) -> int | None:
+        """The binding a live stream belongs to.
+
+        Args:
+            stream_id: the stream.
+
+        Returns:
+            Its bind id, or None for an unknown or closed stream.
+        """
+        stream = self._streams.get(stream_id)
+        return None if stream is None else stream.bind_id
+
+    # -- liveness and shutdown --------------------------------------------------------------------
+
+    def send_ping(self, payload: bytes) -> None:
+        """Queue a PING (the peer answers PONG; only heartbeat PINGs produce PongReceived).
+
+        Args:
+            payload: exactly 8 bytes.
+
+        Raises:
+            LocalProtocolError: the session is not OPEN/DRAINING, or the payload is not 8 bytes.
+        """
+        self._require("send_ping", states=(SessionState.OPEN, SessionState.DRAINING))
+        if len(payload) != 8:
+            raise LocalProtocolError(f"send_ping: payload must be 8 bytes, got {len(payload)}")
+        self._outbox.queue_control(PingFrame(bytes(payload)))
+
+    def send_goaway(self, code: int, reason: str = "") -> None:
+        """Queue GOAWAY: no new streams from either side; new OPENs get RST(REFUSED).
+
+        In state OPEN the session becomes DRAINING: existing streams carry on (the driver
+        resets what is left after its drain window, then closes). Before OPEN (e.g. the server
+        refusing a HELLO with AUTH_FAILED) the session becomes CLOSED. While CLOSED nothing
+        happens (a GOAWAY may already be queued by a protocol error).
+
+        Args:
+            code: an :class:`~tunnel.protocol.errors.ErrorCode` (u16).
+            reason: human text (cut to 1 KiB), e.g. ``"invalid token"``.
+
+        Raises:
+            LocalProtocolError: ``code`` is not a u16, or a client that has not sent HELLO.
+        """
+        _check_code(code, "send_goaway")
+        if self.state is SessionState.CLOSED:
+            return
+        if self.role is Role.CLIENT and self.state is SessionState.IDLE:
+            raise LocalProtocolError("send_goaway: the client's first frame must be HELLO")
+        self._outbox.queue_control(GoAwayFrame(code, truncate_text(reason)))
+        self.goaway_sent = code
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.DRAINING
+        elif self.state is not SessionState.DRAINING:
+            self._close_streams()
+            self.state = SessionState.CLOSED
+
+    def statistics(self) -> SessionStatistics:
+        """Take a snapshot of the session's numbers.
+
+        Returns:
+            A frozen :class:`SessionStatistics`.
+        """
+        return SessionStatistics(
+            state=self.state,
+            active_streams=len(self._streams),
+            streams_opened_local=self._streams_opened_local,
+            streams_opened_remote=self._streams_opened_remote,
+            streams_refused=self._streams_refused,
+            data_bytes_sent=self._outbox.data_bytes_sent,
+            data_bytes_received=self._data_bytes_received,
+            messages_sent=self._outbox.messages_sent,
+            messages_received=self._messages_received,
+            queued_streams=len(self._outbox.queued_stream_ids()),
+            rtt_s=self._heartbeat.rtt_s,
+            goaway_sent=self.goaway_sent,
+            goaway_received=self.goaway_received,
+        )
+
+    def _live_stream(self, stream_id: int, what: str) -> Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(
+                f"{what}: stream {stream_id} is not open",
+                ErrorCode.STREAM_CLOSED,
+                stream_id=stream_id,
+            )
+        return stream
