@@ -1,0 +1,315 @@
+"""Setting up the paths under test: the target, ``ssh -L`` through a throwaway sshd, and the kit
+(gunicorn) with one tunnel client carrying both the PULL and the EXPOSE bindings.
+
+Everything listens on 127.0.0.1 only and lives in the bench's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.load import Endpoint, MeasureError, probe
+from bench.procs import (
+    BenchError,
+    Managed,
+    ProcessSet,
+    listening_socket,
+    tail,
+    unused_port,
+    wait_until,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+HEALTH_PATH = "/api/v1/tunnel/health"
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --- the target ---------------------------------------------------------------------------------
+
+def start_target(procs: ProcessSet, timeout_s: float) -> Endpoint:
+    """The sink/source/echo server in its own process, on sockets bound here (no port race)."""
+    listeners = [listening_socket() for _ in range(3)]
+    try:
+        ports = [sock.getsockname()[1] for sock in listeners]
+        fds = [sock.fileno() for sock in listeners]
+        managed = procs.start(
+            "target", [sys.executable, "-m", "bench.target", *map(str, fds)],
+            cwd=str(REPO_ROOT), pass_fds=fds, read_stdout_lines=True, stdin_pipe=True,
+            stop_grace_s=3.0)
+    finally:
+        for sock in listeners:
+            sock.close()
+    managed.wait_for_line(lambda line: "serving" in line, timeout_s)
+    return Endpoint(LOOPBACK, ports[0], ports[1], ports[2])
+
+
+# --- ssh -L -------------------------------------------------------------------------------------
+
+class Unavailable(Exception):
+    """A path cannot be set up on this machine (e.g. no OpenSSH); the row says why."""
+
+
+@dataclass(frozen=True)
+class OpenSsh:
+    sshd: str
+    ssh: str
+    keygen: str
+    version: str
+
+
+def _find_openssh() -> OpenSsh | None:
+    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.access("/usr/sbin/sshd", os.X_OK) else None)
+    ssh = shutil.which("ssh")
+    keygen = shutil.which("ssh-keygen")
+    if not (sshd and ssh and keygen):
+        return None
+    try:
+        out = subprocess.run([ssh, "-V"], capture_output=True, timeout=10, check=False)
+        version = (out.stderr or out.stdout).decode("utf-8", "replace").strip()
+    except (OSError, subprocess.TimeoutExpired):
+        version = "unknown"
+    return OpenSsh(os.path.abspath(sshd), ssh, keygen, version)
+
+
+def ensure_openssh(allow_install: bool, timeout_s: float) -> OpenSsh:
+    """sshd, ssh and ssh-keygen; installs openssh-server/-client with apt-get when missing,
+    allowed and running as root. Raises Unavailable with the reason otherwise."""
+    found = _find_openssh()
+    if found is not None:
+        return found
+    if not allow_install:
+        raise Unavailable("OpenSSH server not installed (BENCH_NO_INSTALL set)")
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise Unavailable("OpenSSH server not installed, and cannot install it (needs root and apt-get)")
+    log("sshd not found: apt-get install -y openssh-server openssh-client")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    argv = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server", "openssh-client"]
+    output = ""
+    for attempt in range(2):
+        try:
+            done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise Unavailable(f"apt-get install did not finish in {timeout_s:.0f} s") from None
+        output = (done.stdout + done.stderr).decode("utf-8", "replace")
+        if done.returncode == 0:
+            break
+        if attempt == 0:  # stale package lists are the usual cause
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True,
+                           timeout=timeout_s, check=False)
+    found = _find_openssh()
+    if found is None:
+        raise Unavailable(f"apt-get install of openssh-server failed:\n{output[-2000:]}")
+    return found
+
+
+SSHD_CONFIG = """\
+# Throwaway sshd for the bench: loopback only, one generated key, no PAM.
+ListenAddress 127.0.0.1
+Port {port}
+HostKey {dir}/host_ed25519
+AuthorizedKeysFile {dir}/authorized_keys
+PidFile none
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AllowTcpForwarding yes
+AllowAgentForwarding no
+X11Forwarding no
+PrintMotd no
+UseDNS no
+LogLevel ERROR
+"""
+
+
+def _keygen(openssh: OpenSsh, path: Path) -> None:
+    done = subprocess.run([openssh.keygen, "-q", "-t", "ed25519", "-N", "", "-C", "hoody-bench",
+                           "-f", str(path)], capture_output=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"ssh-keygen failed: {done.stderr.decode('utf-8', 'replace')}")
+
+
+def _sshd_answers(port: int) -> bool:
+    """sshd sends its identification line; ours goes back so it logs no aborted handshake."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
+            banner = sock.recv(256)
+            sock.sendall(b"SSH-2.0-hoody-bench-probe\r\n")
+            return banner.startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _probe_ok(ep: Endpoint) -> bool:
+    try:
+        probe(ep, 2.0)
+        return True
+    except MeasureError:
+        return False
+
+
+def start_ssh_forward(procs: ProcessSet, openssh: OpenSsh, target: Endpoint, work_dir: Path,
+                      timeout_s: float) -> tuple[Endpoint, list[Managed]]:
+    """sshd on a free loopback port plus ``ssh -N -L`` for the three target ports."""
+    ssh_dir = work_dir / "ssh"
+    ssh_dir.mkdir(mode=0o700)
+    _keygen(openssh, ssh_dir / "host_ed25519")
+    _keygen(openssh, ssh_dir / "client_ed25519")
+    shutil.copyfile(ssh_dir / "client_ed25519.pub", ssh_dir / "authorized_keys")
+    if os.geteuid() == 0:
+        # sshd refuses to start without its privilege-separation directory.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+
+    sshd: Managed | None = None
+    last_error = ""
+    for _attempt in range(3):  # the port was only free a moment ago: retry on a clash
+        port = unused_port()
+        config = ssh_dir / "sshd_config"
+        config.write_text(SSHD_CONFIG.format(port=port, dir=ssh_dir))
+        done = subprocess.run([openssh.sshd, "-t", "-f", str(config)], capture_output=True,
+                              timeout=30, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"sshd -t rejected the config: {done.stderr.decode('utf-8', 'replace')}")
+        candidate = procs.start("sshd", [openssh.sshd, "-D", "-e", "-f", str(config)], stop_grace_s=3.0)
+        try:
+            wait_until(lambda: _sshd_answers(port), timeout_s, "sshd to answer", alive=candidate)
+            sshd = candidate
+            break
+        except BenchError as exc:
+            last_error = str(exc)
+            procs.stop(candidate)
+    if sshd is None:
+        raise BenchError(f"sshd did not start:\n{last_error}")
+
+    for _attempt in range(3):
+        local = [unused_port() for _ in range(3)]
+        forwards: list[str] = []
+        for lport, tport in zip(local, (target.sink_port, target.source_port, target.echo_port)):
+            forwards += ["-L", f"{LOOPBACK}:{lport}:{LOOPBACK}:{tport}"]
+        argv = [openssh.ssh, "-N", "-F", "/dev/null", *forwards, "-i", str(ssh_dir / "client_ed25519"),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
+                "-p", str(port), f"{user}@{LOOPBACK}"]
+        client = procs.start("ssh", argv, stop_grace_s=3.0)
+        ep = Endpoint(LOOPBACK, *local)
+        try:
+            wait_until(lambda: _probe_ok(ep), timeout_s, "an echo through ssh -L", alive=client)
+            return ep, [sshd, client]
+        except BenchError as exc:
+            last_error = f"{exc}\n{sshd.describe_output()}"
+            procs.stop(client)
+    raise BenchError(f"ssh -L did not come up:\n{last_error}")
+
+
+# --- the kit ------------------------------------------------------------------------------------
+
+def gone(processes: list[Managed]) -> str | None:
+    """Why a path's processes are no longer all running (None while they are)."""
+    for managed in processes:
+        if not managed.alive():
+            lines = [line for line in tail(managed.stderr_path, 1500).splitlines() if line.strip()]
+            last = f"last stderr line: {lines[-1].strip()}" if lines else "stderr empty"
+            return f"{managed.name} exited with status {managed.popen.returncode} ({last})"
+    return None
+
+
+@dataclass(frozen=True)
+class KitCredentials:
+    token: str
+    admin_token: str
+
+    @classmethod
+    def generate(cls) -> KitCredentials:
+        return cls("bench-" + os.urandom(12).hex(), "bench-admin-" + os.urandom(12).hex())
+
+
+def _health_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return int(response.status) == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def start_kit_server(procs: ProcessSet, work_dir: Path, credentials: KitCredentials,
+                     timeout_s: float) -> tuple[Managed, int]:
+    """gunicorn with the repo's gunicorn.conf.py on a socket bound here (``--bind fd://N``);
+    returns once the health endpoint answers 200."""
+    gunicorn = REPO_ROOT / ".venv" / "bin" / "gunicorn"
+    if not gunicorn.exists():
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+    state_dir = work_dir / "kit-state"
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    listener = listening_socket()
+    port: int = listener.getsockname()[1]
+    env = dict(os.environ)
+    env.update({
+        "PORT": str(port),
+        "HOODY_TUNNEL_TOKENS": credentials.token,
+        "HOODY_TUNNEL_ADMIN_TOKEN": credentials.admin_token,
+        "HOODY_TUNNEL_STATE_DIR": str(state_dir),
+        "HOODY_TUNNEL_EXPOSE_HOST": LOOPBACK,
+    })
+    # A short drain so stopping the kit at the end does not wait the production default.
+    env.setdefault("HOODY_TUNNEL_GRACEFUL_TIMEOUT_S", "3")
+    try:
+        server = procs.start(
+            "kit", [str(gunicorn), "-c", "gunicorn.conf.py", "--bind", f"fd://{listener.fileno()}",
+                    "tunnel.wsgi:app"],
+            env=env, cwd=str(REPO_ROOT), pass_fds=[listener.fileno()], stop_grace_s=10.0)
+    finally:
+        listener.close()
+    url = f"http://{LOOPBACK}:{port}{HEALTH_PATH}"
+    wait_until(lambda: _health_ok(url), timeout_s, f"GET {HEALTH_PATH} to answer 200", alive=server,
+               interval_s=0.1)
+    return server, port
+
+
+def start_kit_client(procs: ProcessSet, kit_port: int, token: str, kind: str, target: Endpoint,
+                     work_dir: Path, timeout_s: float) -> tuple[Managed, Endpoint]:
+    """``tunnel.client connect`` with three bindings of one ``kind`` ("pull" or "expose"), one per
+    target mode; returns once it prints its "ready" line.
+
+    One client per kind, so a failure that ends the PULL session cannot take EXPOSE with it.
+    """
+    targets = (target.sink_port, target.source_port, target.echo_port)
+    last_error = ""
+    for _attempt in range(2):  # PULL and EXPOSE take port numbers: retry on a clash
+        ports = [unused_port() for _ in range(3)]
+        specs: list[str] = []
+        for port, target_port in zip(ports, targets):
+            # --pull LOCAL_PORT:CONTAINER_PORT ; --expose CONTAINER_PORT:LOCAL_PORT
+            specs += [f"--{kind}", f"{port}:{target_port}"]
+        env = dict(os.environ)
+        env["HOODY_TUNNEL_STATE_DIR"] = str(work_dir / "client-state")
+        client = procs.start(
+            f"client-{kind}",
+            [sys.executable, "-m", "tunnel.client", "connect", f"ws://{LOOPBACK}:{kit_port}",
+             "--token", token, *specs],
+            env=env, cwd=str(REPO_ROOT), read_stdout_lines=True, stop_signal=signal.SIGINT,
+            stop_grace_s=8.0)
+        try:
+            client.wait_for_line(lambda line: "ready" in line.lower(), timeout_s)
+        except BenchError as exc:
+            last_error = str(exc)
+            procs.stop(client)
+            continue
+        return client, Endpoint(LOOPBACK, *ports)
+    raise BenchError(f"tunnel client ({kind}) did not become ready:\n{last_error}")
