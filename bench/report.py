@@ -121,6 +121,10 @@ def format_table(report: Report) -> str:
             lines.append(f"{row[0].ljust(widths[0])}  {row[1]}")
     lines.append("")
     lines.append(format_rss(report))
+    commit = report.environment.get("kit_commit")
+    if commit:
+        dirty = " + uncommitted changes" if report.environment.get("kit_uncommitted_changes") else ""
+        lines.append(f"kit measured: tunnel/ at {commit}{dirty}")
     ratios = format_ratios(report)
     if ratios:
         lines.append("")
@@ -161,6 +165,8 @@ def ratios(report: Report) -> dict[str, dict[str, float]]:
             continue
         values: dict[str, float] = {}
         for key, _, _, _ in COLUMNS:
+            if key == "echo_s" and (pr.echo_errors or br.echo_errors):
+                continue  # a wall time held up by failed connections compares nothing
             a, b = pr.value(key), br.value(key)
             if a is not None and b is not None and b > 0:
                 values[key] = a / b

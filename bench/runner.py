@@ -308,10 +308,15 @@ def environment() -> dict[str, object]:
         "kit_env": {k: v for k, v in sorted(os.environ.items())
                     if k.startswith("HOODY_TUNNEL_") and "TOKEN" not in k},
     }
+    git = ["git", "-C", str(REPO_ROOT)]
     try:
-        done = subprocess.run(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %s"],
+        # The kit measured is the working tree; its last commit, and whether it differs from it.
+        done = subprocess.run([*git, "log", "-1", "--format=%h %s", "--", "tunnel"],
                               capture_output=True, timeout=10, check=False)
         info["kit_commit"] = done.stdout.decode("utf-8", "replace").strip() or None
+        done = subprocess.run([*git, "status", "--porcelain", "--", "tunnel", "gunicorn.conf.py"],
+                              capture_output=True, timeout=10, check=False)
+        info["kit_uncommitted_changes"] = bool(done.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
         info["kit_commit"] = None
     return info
