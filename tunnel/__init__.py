@@ -1,0 +1,5 @@
+"""hoody-tunnel: a gevent/gunicorn WebSocket tunnel kit."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

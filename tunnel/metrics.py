@@ -1,0 +1,176 @@
+"""Metrics: every Prometheus metric of the kit, built against an explicit CollectorRegistry.
+
+Nothing here is module-level: each ``create_app()`` builds its own ``Metrics(CollectorRegistry())``,
+so a second app (tests) never collides with the first.
+
+Live state (sessions, bindings, FD permits, orphans) is not kept in Gauges that code must remember
+to move: a custom collector reads it at scrape time from the callable given to
+:meth:`Metrics.set_live_source` (the kit's ``live_gauges``), so the numbers cannot drift from the
+registry. The three gauges of the customer's reference keep their exact names and HELP texts
+(admin-api.md).
+
+Labels stay low-cardinality: reasons, codes, kinds and directions from fixed sets; never a token,
+session id, port or peer address (admin-api.md "Where the reference is silent").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["LiveGauges", "Metrics", "STREAM_OPEN_LATENCY_BUCKETS_S"]
+
+# Loopback opens take well under a millisecond; a remote client's OPEN_OK takes an RTT or more.
+STREAM_OPEN_LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveGauges:
+    """A snapshot of the kit's live state, taken at scrape time."""
+
+    sessions_active: int
+    bindings_active: int
+    fd_permits_available: int
+    sessions_orphaned: int
+
+
+# (attribute of LiveGauges, metric name, HELP text). The first three are the customer's reference.
+_LIVE_GAUGES = (
+    ("sessions_active", "hoody_tunnel_sessions_active", "Number of active tunnel sessions"),
+    ("bindings_active", "hoody_tunnel_bindings_active", "Number of active bindings"),
+    (
+        "fd_permits_available",
+        "hoody_tunnel_fd_permits_available",
+        "Available file descriptor permits",
+    ),
+    (
+        "sessions_orphaned",
+        "hoody_tunnel_sessions_orphaned",
+        "Number of orphaned (parked, resumable) tunnel sessions",
+    ),
+)
+
+
+class _LiveGaugeCollector(Collector):
+    """Reads the live source at every scrape. Without a source it exports nothing."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], LiveGauges] | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        # Lets the registry check names at register time without calling the source.
+        return [GaugeMetricFamily(name, help_text) for _, name, help_text in _LIVE_GAUGES]
+
+    def collect(self) -> Iterable[Metric]:
+        source = self.source
+        if source is None:
+            return []
+        snapshot = source()
+        return [
+            GaugeMetricFamily(name, help_text, value=getattr(snapshot, attribute))
+            for attribute, name, help_text in _LIVE_GAUGES
+        ]
+
+
+class Metrics:
+    """The kit's metrics, registered in ``registry``. The kit increments the attributes directly.
+
+    Counters (Prometheus adds ``_total`` to the exported name):
+
+    - ``sessions_opened_total``: sessions that completed HELLO/WELCOME (resumes not included).
+    - ``sessions_closed_total{reason}``: sessions that ended; reason e.g. ``normal``,
+      ``admin``, ``shutdown``, ``protocol_error``, ``timeout``, ``orphan_expired``.
+    - ``handshake_failures_total{reason}``: connections that never got a WELCOME; reason e.g.
+      ``auth_failed``, ``timeout``, ``protocol_error``, ``resume_failed``,
+      ``resource_exhausted``.
+    - ``streams_opened_total{kind}``: streams opened, kind ``EXPOSE`` or ``PULL``.
+    - ``streams_refused_total{reason}``: OPENs answered with RST, reason e.g. ``refused``,
+      ``resource_exhausted``, ``connect_failed``, ``not_found``.
+    - ``bytes_total{direction}``: DATA payload bytes through the kit; ``in`` = received from
+      tunnel clients, ``out`` = sent to tunnel clients.
+    - ``goaways_sent_total{code}`` / ``goaways_received_total{code}``: by error code name
+      (``NORMAL``, ``SHUTDOWN``, ...).
+    - ``fd_permit_exhausted_total{path}``: times an FD permit was wanted and none was left;
+      path ``session``, ``bind``, ``pull_stream`` or ``expose_accept``.
+
+    Histogram: ``stream_open_latency_seconds``: OPEN sent or received until the stream is
+    established (OPEN_OK), in seconds.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._live = _LiveGaugeCollector()
+        registry.register(self._live)
+
+        self.sessions_opened_total = Counter(
+            "hoody_tunnel_sessions_opened",
+            "Tunnel sessions opened (HELLO accepted, WELCOME sent)",
+            registry=registry,
+        )
+        self.sessions_closed_total = Counter(
+            "hoody_tunnel_sessions_closed",
+            "Tunnel sessions closed, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.handshake_failures_total = Counter(
+            "hoody_tunnel_handshake_failures",
+            "WebSocket connections that ended before a WELCOME, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.streams_opened_total = Counter(
+            "hoody_tunnel_streams_opened",
+            "Streams opened, by binding kind (EXPOSE or PULL)",
+            ["kind"],
+            registry=registry,
+        )
+        self.streams_refused_total = Counter(
+            "hoody_tunnel_streams_refused",
+            "Stream OPENs refused with RST, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.bytes_total = Counter(
+            "hoody_tunnel_bytes",
+            "Stream payload bytes carried, by direction (in: from tunnel clients, out: to them)",
+            ["direction"],
+            registry=registry,
+        )
+        self.goaways_sent_total = Counter(
+            "hoody_tunnel_goaways_sent",
+            "GOAWAY frames sent, by error code name",
+            ["code"],
+            registry=registry,
+        )
+        self.goaways_received_total = Counter(
+            "hoody_tunnel_goaways_received",
+            "GOAWAY frames received, by error code name",
+            ["code"],
+            registry=registry,
+        )
+        self.fd_permit_exhausted_total = Counter(
+            "hoody_tunnel_fd_permit_exhausted",
+            "Times a file descriptor permit was needed and none was available, by path",
+            ["path"],
+            registry=registry,
+        )
+        self.stream_open_latency_seconds = Histogram(
+            "hoody_tunnel_stream_open_latency_seconds",
+            "Time from a stream's OPEN to its OPEN_OK, in seconds",
+            buckets=STREAM_OPEN_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        # Both directions exist from the first scrape, so rate() works before any traffic.
+        for direction in ("in", "out"):
+            self.bytes_total.labels(direction=direction)
+
+    def set_live_source(self, source: Callable[[], LiveGauges]) -> None:
+        """Read the live gauges from ``source()`` at every scrape (replaces any earlier source)."""
+        self._live.source = source
