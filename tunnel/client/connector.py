@@ -1,0 +1,409 @@
+"""The client end of a tunnel: local PULL listeners, EXPOSE dialing, one session at a time.
+
+:class:`TunnelClient` is the :class:`~tunnel.mux.runner.RunnerDelegate` of the client side; it
+drives the same :class:`~tunnel.mux.runner.SessionRunner` as the kit. Local PULL listeners are
+opened before connecting (so a local port clash is reported before anything else) and are owned
+by the client, not by a session, so later sessions can reuse them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import AsyncResult
+from gevent.event import Event as GeventEvent
+from gevent.pool import Group
+
+from tunnel import __version__
+from tunnel.client.specs import ExposeSpec, PullSpec
+from tunnel.mux import transport as transport_mod
+from tunnel.mux.pump import StreamPump
+from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
+from tunnel.mux.transport import HandshakeRejected, TransportError
+from tunnel.protocol import (
+    BindAccepted,
+    BindFailed,
+    BindKind,
+    BindMode,
+    BindRequest,
+    ErrorCode,
+    Event,
+    GoAwayReceived,
+    Hello,
+    PongReceived,
+    Role,
+    Session,
+    SessionConfig,
+    StreamOpened,
+    StreamReset,
+    WelcomeReceived,
+)
+
+log = logging.getLogger(__name__)
+
+#: Exit codes of ``hoody-tunnel connect`` (issue: the client).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_ADMIN_CLOSE = 3
+EXIT_AUTH = 4
+
+SUBPROTOCOLS = {"v2": ["hoody-tunnel.v2"], "v1": ["hoody-tunnel.v1"], None: ["hoody-tunnel.v2", "hoody-tunnel.v1"]}
+#: Largest frame the client accepts: the server may send up to its own maxFrame, which it may
+#: set up to the 4 MiB message cap.
+CLIENT_MAX_FRAME_SIZE = 4 * 1024 * 1024 - 10
+DEFAULT_WINDOW_SIZE = 256 * 1024
+
+
+class ClientError(Exception):
+    """A failure the CLI reports in one line with an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Outcome(enum.Enum):
+    WELCOMED = "welcomed"
+    GOAWAY = "goaway"
+    ENDED = "ended"
+
+
+@dataclass
+class ClientOptions:
+    url: str
+    token: str
+    protocol: str | None = None  # "v1", "v2" or None (offer both, v2 preferred)
+    exposes: list[ExposeSpec] = field(default_factory=list)
+    pulls: list[PullSpec] = field(default_factory=list)
+    window_size: int = DEFAULT_WINDOW_SIZE
+    connect_timeout_s: float = 10.0
+    handshake_timeout_s: float = 10.0
+    drain_s: float = 2.0
+
+
+@dataclass
+class _LocalPull:
+    spec: PullSpec
+    listener: socket.socket
+    bind_id: int | None = None
+
+
+class TunnelClient:
+    """Connects, binds, and serves until Ctrl-C, an admin kill, or the connection is lost."""
+
+    def __init__(self, options: ClientOptions, *, out: TextIO, err: TextIO) -> None:
+        self.options = options
+        self.out = out
+        self.err = err
+        self.group = Group()
+        self.runner: SessionRunner | None = None
+        self.session_id = ""
+        self.protocol = ""
+        self._pulls: list[_LocalPull] = []
+        self._exposes: dict[int, ExposeSpec] = {}
+        self._handshake: AsyncResult = AsyncResult()
+        self._binds: dict[int, AsyncResult] = {}
+        self._goaway: GoAwayReceived | None = None
+        self._stopping = False
+        self.ready = GeventEvent()  # set once bound and serving (tests wait on it)
+
+    # -- public --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until the session ends; returns the exit code."""
+        try:
+            self._open_local_listeners()
+            runner = self._connect()
+            end_greenlet = gevent.spawn(runner.run)
+            try:
+                self._wait_welcome(end_greenlet)
+                self._bind_all(end_greenlet)
+                self._print_summary()
+                self._start_pull_loops()
+                self.ready.set()
+                end: ConnectionEnd = end_greenlet.get()
+            finally:
+                if not end_greenlet.dead:
+                    runner.end(ConnectionEnd(EndKind.LOCAL_CLOSE, "client stopping"))
+                    end_greenlet.join(timeout=5)
+                runner.stop()
+            return self._exit_code(end)
+        except ClientError as exc:
+            self._say(f"hoody-tunnel: {exc}", err=True)
+            return exc.exit_code
+        finally:
+            self._close_local_listeners()
+            self.group.kill(block=True, timeout=5)
+
+    def stop(self) -> None:
+        """Ctrl-C: GOAWAY(NORMAL), let streams finish briefly, close. Safe from any greenlet."""
+        if self._stopping:
+            return
+        self._stopping = True
+        runner = self.runner
+        if runner is None or runner.ended:
+            return
+        self._say("hoody-tunnel: closing")
+        gevent.spawn(
+            runner.close_gracefully, ErrorCode.NORMAL, "client closing", drain_s=self.options.drain_s
+        )
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    def _open_local_listeners(self) -> None:
+        for spec in self.options.pulls:
+            family = socket.AF_INET6 if ":" in spec.bind_host else socket.AF_INET
+            listener = gsocket.socket(family, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((spec.bind_host, spec.local_port))
+                listener.listen(128)
+            except OSError as exc:
+                listener.close()
+                raise ClientError(
+                    f"cannot listen on {spec.bind_host}:{spec.local_port} for --pull: {exc.strerror or exc}"
+                ) from exc
+            if spec.local_port == 0:  # the OS picked one: show the real port in the summary
+                spec = dataclasses.replace(spec, local_port=listener.getsockname()[1])
+            self._pulls.append(_LocalPull(spec, listener))
+
+    def _close_local_listeners(self) -> None:
+        for pull in self._pulls:
+            pull.listener.close()
+        self._pulls.clear()
+
+    def _connect(self) -> SessionRunner:
+        options = self.options
+        try:
+            transport = transport_mod.connect(
+                options.url, SUBPROTOCOLS[options.protocol], timeout_s=options.connect_timeout_s
+            )
+        except HandshakeRejected as exc:
+            raise ClientError(f"the server refused the WebSocket upgrade: {_rejection_text(exc)}") from exc
+        except (TransportError, OSError) as exc:
+            raise ClientError(f"cannot connect to {options.url}: {exc}") from exc
+        self.protocol = transport.subprotocol
+        session = Session(
+            SessionConfig(
+                role=Role.CLIENT,
+                version=2 if transport.subprotocol.endswith(".v2") else 1,
+                receive_window_size=options.window_size,
+                max_frame_size=CLIENT_MAX_FRAME_SIZE,
+                max_streams=1,  # replaced by WELCOME.maxStreams
+                heartbeat_interval_s=15.0,  # replaced by WELCOME.heartbeatMs
+            )
+        )
+        session.send_hello(Hello(token=options.token, client=f"hoody-tunnel/{__version__}", window=options.window_size))
+        runner = SessionRunner(session, transport, self, name="client")
+        self.runner = runner
+        return runner
+
+    def _wait_welcome(self, end_greenlet: gevent.Greenlet) -> None:
+        end_greenlet.link(lambda _: self._handshake.set(Outcome.ENDED))
+        try:
+            outcome = self._handshake.get(timeout=self.options.handshake_timeout_s)
+        except gevent.Timeout:
+            raise ClientError(
+                f"no answer to HELLO within {self.options.handshake_timeout_s:g} s"
+            ) from None
+        if outcome is Outcome.WELCOMED:
+            return
+        goaway = self._goaway
+        if goaway is not None:
+            if goaway.error_code == ErrorCode.AUTH_FAILED:
+                raise ClientError(f"the server refused the token ({goaway.reason})", EXIT_AUTH)
+            raise ClientError(f"the server refused the session: {_code_text(goaway)}")
+        end = end_greenlet.value if end_greenlet.ready() else None
+        raise ClientError(f"connection lost during the handshake{_end_text(end)}")
+
+    def _bind_all(self, end_greenlet: gevent.Greenlet) -> None:
+        assert self.runner is not None
+        session = self.runner.session
+        req_id = 0
+        pending: list[tuple[int, str, AsyncResult]] = []
+        for expose in self.options.exposes:
+            req_id += 1
+            result: AsyncResult = AsyncResult()
+            self._binds[req_id] = result
+            session.send_bind(BindRequest(req_id, BindKind.EXPOSE, expose.container_port, expose.mode))
+            pending.append((req_id, f"--expose {expose.container_port}", result))
+        for pull in self._pulls:
+            req_id += 1
+            result = AsyncResult()
+            self._binds[req_id] = result
+            session.send_bind(BindRequest(req_id, BindKind.PULL, pull.spec.container_port, BindMode.TCP))
+            pending.append((req_id, f"--pull {pull.spec.local_port}", result))
+        self.runner.flush()
+        end_greenlet.link(lambda _: [r.set(None) for _, _, r in pending if not r.ready()])
+        exposes = iter(self.options.exposes)
+        pulls = iter(self._pulls)
+        failures: list[str] = []
+        for _, what, result in pending:
+            try:
+                event = result.get(timeout=self.options.handshake_timeout_s)
+            except gevent.Timeout:
+                raise ClientError(f"no answer to BIND within {self.options.handshake_timeout_s:g} s") from None
+            if event is None:
+                raise ClientError(f"connection lost while binding{_end_text(end_greenlet.value)}")
+            if isinstance(event, BindFailed):
+                failures.append(f"{what}: {event.error} ({_code_name(event.error_code)})")
+                continue
+            assert isinstance(event, BindAccepted)
+            if event.result.kind is BindKind.EXPOSE:
+                self._exposes[event.result.bind_id] = next(exposes)
+            else:
+                next(pulls).bind_id = event.result.bind_id
+        if failures:
+            raise ClientError("binding refused: " + "; ".join(failures))
+
+    def _print_summary(self) -> None:
+        self._say(f"hoody-tunnel: connected to {self.options.url} as {self.session_id} ({self.protocol})")
+        for bind_id, expose in self._exposes.items():
+            self._say(f"  expose  {expose.describe()}  [bind {bind_id}]")
+        for pull in self._pulls:
+            self._say(f"  pull    {pull.spec.describe()}  [bind {pull.bind_id}]")
+        self._say("hoody-tunnel: ready (Ctrl-C to stop)")
+
+    # -- PULL: local connections become streams ---------------------------------------------
+
+    def _start_pull_loops(self) -> None:
+        for pull in self._pulls:
+            self.group.spawn(self._pull_accept_loop, pull)
+
+    def _pull_accept_loop(self, pull: _LocalPull) -> None:
+        while True:
+            try:
+                conn, address = pull.listener.accept()
+            except OSError:
+                return  # listener closed: the client is stopping
+            self.group.spawn(self._pull_connection, pull, conn, f"{address[0]}:{address[1]}")
+
+    def _pull_connection(self, pull: _LocalPull, conn: socket.socket, origin: str) -> None:
+        runner = self.runner
+        assert pull.bind_id is not None
+        # Connections beyond maxStreams wait here for a slot instead of being refused.
+        if runner is None or not runner.wait_stream_slot() or runner.ended or self._goaway is not None:
+            conn.close()
+            return
+        try:
+            pump = runner.open_stream(pull.bind_id, origin)
+        except Exception:  # noqa: BLE001 - boundary: the session refused (GOAWAY raced us)
+            log.debug("could not open a stream for %s", origin, exc_info=True)
+            conn.close()
+            return
+        pump.connect(conn)
+
+    # -- RunnerDelegate ---------------------------------------------------------------------------
+
+    def stream_opened(self, event: StreamOpened, pump: StreamPump) -> None:
+        """An EXPOSE connection arrived at the kit: dial our local target."""
+        assert self.runner is not None
+        expose = self._exposes.get(event.bind_id)
+        if expose is None:
+            self.runner.reset_stream(event.stream_id, ErrorCode.NOT_FOUND, f"unknown binding {event.bind_id}")
+            pump.reset()
+            return
+        self.runner.spawn(self._dial_expose, expose, pump)
+
+    def _dial_expose(self, expose: ExposeSpec, pump: StreamPump) -> None:
+        runner = self.runner
+        assert runner is not None
+        try:
+            sock = gsocket.create_connection(
+                (expose.local_host, expose.local_port), timeout=self.options.connect_timeout_s
+            )
+        except OSError as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
+            runner.reset_stream(
+                pump.stream_id, ErrorCode.CONNECT_FAILED, f"{expose.local_host}:{expose.local_port}: {reason}"
+            )
+            pump.reset()
+            return
+        sock.settimeout(None)
+        if pump.finished:
+            sock.close()
+            return
+        pump.connect(sock)
+        runner.session.accept_stream(pump.stream_id)
+        runner.flush()
+
+    def stream_finished(self, pump: StreamPump) -> None:
+        pass  # the client has no FD budget
+
+    def event_received(self, event: Event) -> None:
+        if isinstance(event, WelcomeReceived):
+            self.session_id = event.welcome.session_id
+            self._handshake.set(Outcome.WELCOMED)
+        elif isinstance(event, (BindAccepted, BindFailed)):
+            req_id = event.result.req_id if isinstance(event, BindAccepted) else event.req_id
+            result = self._binds.pop(req_id, None)
+            if result is not None:
+                result.set(event)
+        elif isinstance(event, GoAwayReceived):
+            self._goaway = event
+            self._handshake.set(Outcome.GOAWAY)
+            if event.error_code == ErrorCode.ADMIN_CLOSE:
+                self._say(f"hoody-tunnel: {event.reason or 'closed by admin'}", err=True)
+            elif self.ready.is_set():
+                self._say(f"hoody-tunnel: the server is closing the session: {_code_text(event)}", err=True)
+            if self.runner is not None:
+                self.runner.wake_slot_waiters()
+        elif isinstance(event, StreamReset) and event.remote:
+            log.debug("stream %d reset by the kit: %s", event.stream_id, event.reason)
+        elif isinstance(event, PongReceived):
+            pass
+
+    # -- output ----------------------------------------------------------------------------------
+
+    def _exit_code(self, end: ConnectionEnd) -> int:
+        goaway = self._goaway
+        if self._stopping and (goaway is None or goaway.error_code == ErrorCode.NORMAL):
+            return EXIT_OK
+        if goaway is not None:
+            if goaway.error_code == ErrorCode.ADMIN_CLOSE:
+                return EXIT_ADMIN_CLOSE
+            if goaway.error_code == ErrorCode.AUTH_FAILED:
+                return EXIT_AUTH
+            if goaway.error_code == ErrorCode.NORMAL and self._stopping:
+                return EXIT_OK
+        if self._stopping:
+            return EXIT_OK
+        self._say(f"hoody-tunnel: connection lost{_end_text(end)}", err=True)
+        return EXIT_FAILURE
+
+    def _say(self, line: str, *, err: bool = False) -> None:
+        stream = self.err if err else self.out
+        stream.write(line + "\n")
+        stream.flush()
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"code {code}"
+
+
+def _code_text(goaway: GoAwayReceived) -> str:
+    return f"{goaway.reason or 'no reason given'} ({_code_name(goaway.error_code)})"
+
+
+def _end_text(end: ConnectionEnd | None) -> str:
+    if end is None or not end.detail:
+        return ""
+    return f" ({end.detail})"
+
+
+def _rejection_text(exc: HandshakeRejected) -> str:
+    body = exc.body.decode("utf-8", "replace").strip()[:200] if exc.body else ""
+    return f"HTTP {exc.status}" + (f": {body}" if body else "")
+
+

@@ -1,0 +1,216 @@
+"""Moves bytes between one local TCP socket and one tunnel stream, honouring credit.
+
+Theory of operation
+-------------------
+A :class:`StreamPump` exists from the moment a stream is known to the driver (opened by us, or
+announced by the peer), even before its local socket is connected: DATA that arrives early is held
+in ``_inbound`` (the peer's credit bounds it to one window, wire-protocol §5 "early data").
+Once :meth:`StreamPump.connect` hands it a socket, two greenlets run in the session's group:
+
+* the *upstream* greenlet reads the local socket, but never more than the stream's send credit,
+  and passes the bytes to ``Session.send_data``. With no credit it waits on ``_credit_changed``,
+  which the runner sets on ``WindowUpdated``. Local EOF becomes an empty DATA with FIN.
+* the *downstream* greenlet writes what the reader greenlet queued with :meth:`deliver` to the
+  local socket, and only then acknowledges it (``Session.acknowledge_data``), so the WINDOW the
+  peer gets reflects bytes really written (§5). The peer's FIN becomes ``shutdown(SHUT_WR)``.
+
+The runner's reader greenlet only ever appends to ``_inbound`` and sets events: it never blocks on
+a local socket, so one slow local reader never stalls other streams.
+
+The stream is finished when both directions have carried their FIN, or on reset; then the socket
+is closed and ``on_finished`` runs exactly once (the owner releases its FD permit there).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket
+import struct
+from typing import TYPE_CHECKING, Callable
+
+import gevent
+from gevent.event import Event
+
+from tunnel.protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from tunnel.mux.runner import SessionRunner
+
+log = logging.getLogger(__name__)
+
+#: Largest single recv from a local socket. Bigger reads amortise per-frame Python overhead;
+#: credit (one window) caps it anyway.
+MAX_READ_SIZE = 256 * 1024
+
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+class StreamPump:
+    """One stream's byte mover. Created and driven by :class:`~tunnel.mux.runner.SessionRunner`."""
+
+    def __init__(
+        self,
+        runner: SessionRunner,
+        stream_id: int,
+        *,
+        on_finished: Callable[[StreamPump], None] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.stream_id = stream_id
+        self.sock: socket.socket | None = None
+        self._on_finished = on_finished
+        self._inbound: collections.deque[bytes | memoryview] = collections.deque()
+        self._inbound_ready = Event()
+        self._credit_changed = Event()
+        self._peer_fin = False  # the peer sent FIN: after _inbound drains, SHUT_WR the socket
+        self._sent_fin = False  # we sent FIN (local EOF)
+        self._wrote_fin = False  # we shut down the local write side
+        self._finished = False
+        self._greenlets: list[gevent.Greenlet] = []
+        self.bytes_to_local = 0
+        self.bytes_from_local = 0
+
+    # -- called by the runner's reader greenlet: never blocks --------------------------------
+
+    def deliver(self, data: bytes | memoryview) -> None:
+        """Queue DATA from the peer for the local socket."""
+        if self._finished:
+            return
+        self._inbound.append(data)
+        self._inbound_ready.set()
+
+    def deliver_eof(self) -> None:
+        """The peer sent FIN."""
+        self._peer_fin = True
+        self._inbound_ready.set()
+
+    def credit_changed(self) -> None:
+        """The peer granted credit (WINDOW)."""
+        self._credit_changed.set()
+
+    def reset(self) -> None:
+        """The stream was reset (by the peer or by the session): abort the local connection."""
+        self._finish(abort=True)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def connect(self, sock: socket.socket) -> None:
+        """Start moving bytes over ``sock`` (already connected). Takes ownership of it."""
+        if self._finished:
+            _close_quietly(sock, abort=True)
+            return
+        self.sock = sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        group = self.runner.group
+        self._greenlets = [
+            group.spawn(self._upstream_loop),
+            group.spawn(self._downstream_loop),
+        ]
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def _finish(self, *, abort: bool) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._inbound.clear()
+        current = gevent.getcurrent()
+        for greenlet in self._greenlets:
+            if greenlet is not current:
+                greenlet.kill(block=False)
+        if self.sock is not None:
+            _close_quietly(self.sock, abort=abort)
+        # Wake anything still parked on our events so killed loops exit promptly.
+        self._inbound_ready.set()
+        self._credit_changed.set()
+        if self._on_finished is not None:
+            self._on_finished(self)
+
+    def _maybe_done(self) -> None:
+        if self._sent_fin and self._wrote_fin:
+            self._finish(abort=False)
+
+    # -- greenlets --------------------------------------------------------------------------------
+
+    def _upstream_loop(self) -> None:
+        """Local socket -> stream, within credit."""
+        assert self.sock is not None
+        session = self.runner.session
+        sid = self.stream_id
+        sock = self.sock
+        while not self._finished:
+            credit = session.outbound_credit(sid)
+            if credit <= 0:
+                self._credit_changed.clear()
+                if session.outbound_credit(sid) <= 0:
+                    self._credit_changed.wait()
+                continue
+            try:
+                data = sock.recv(min(credit, MAX_READ_SIZE))
+            except OSError as exc:
+                self._local_failed("read", exc)
+                return
+            if self._finished:
+                return
+            if not data:
+                self._sent_fin = True
+                self.runner.send_data(sid, b"", end_stream=True)
+                self._maybe_done()
+                return
+            self.bytes_from_local += len(data)
+            self.runner.send_data(sid, data)
+
+    def _downstream_loop(self) -> None:
+        """Stream -> local socket; acknowledge only what was written."""
+        assert self.sock is not None
+        sock = self.sock
+        inbound = self._inbound
+        while not self._finished:
+            if not inbound:
+                if self._peer_fin:
+                    try:
+                        sock.shutdown(socket.SHUT_WR)
+                    except OSError as exc:
+                        # The local peer already closed: nothing left to tell it.
+                        if exc.errno not in (errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET):
+                            self._local_failed("shutdown", exc)
+                            return
+                    self._wrote_fin = True
+                    self._maybe_done()
+                    return
+                self._inbound_ready.clear()
+                if not inbound and not self._peer_fin:
+                    self._inbound_ready.wait()
+                continue
+            chunk = inbound.popleft()
+            try:
+                sock.sendall(chunk)
+            except OSError as exc:
+                self._local_failed("write", exc)
+                return
+            size = len(chunk)
+            self.bytes_to_local += size
+            self.runner.acknowledge_data(self.stream_id, size)
+
+    def _local_failed(self, what: str, exc: OSError) -> None:
+        if self._finished:
+            return
+        log.debug("stream %d: local %s failed: %s", self.stream_id, what, exc)
+        self.runner.reset_stream(
+            self.stream_id, ErrorCode.CONNECT_FAILED, f"local connection {what} failed: {exc.strerror or exc}"
+        )
+        self._finish(abort=True)
+
+
+def _close_quietly(sock: socket.socket, *, abort: bool) -> None:
+    """Close a local socket; ``abort`` sends a TCP RST so the local app sees the failure."""
+    try:
+        if abort:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+    except OSError:
+        pass  # already dead: close() below is all that is left to do
+    sock.close()

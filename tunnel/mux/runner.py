@@ -1,0 +1,378 @@
+"""The gevent driver of one protocol :class:`~tunnel.protocol.Session`, the same for both ends.
+
+Theory of operation
+-------------------
+Three greenlets serve the connection, all in the runner's :class:`gevent.pool.Group`:
+
+* the **reader** takes one WebSocket message at a time from the transport, feeds it to the
+  session and dispatches the resulting events. It never blocks on anything but the transport:
+  stream data is appended to a pump's queue, credit updates set an event (wire-protocol §5).
+* the **writer** is the only greenlet that writes to the transport. Whoever changes the session
+  (reader, pumps, timer, an admin call) calls :meth:`SessionRunner.flush`, which wakes it; it then
+  drains ``messages_to_send`` in bounded batches so control frames queued meanwhile go first.
+* the **timer** calls ``handle_timer`` at the session's next deadline (heartbeat, §6).
+
+Calls into a Session never yield, so each is atomic under gevent; only transport writes need
+serialising, and the single writer does that.
+
+Per-stream pumps (:mod:`tunnel.mux.pump`) live in the same group. A greenlet that dies with an
+unexpected exception fails the whole session (structured concurrency): it is logged and the
+connection ends. :meth:`run` returns why the connection ended; the owner then decides what
+happens to the streams (today: :meth:`close_streams`; a resumable session will park them).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import gevent
+from gevent.event import AsyncResult, Event
+from gevent.pool import Group
+
+from tunnel.mux.pump import StreamPump
+from tunnel.mux.transport import (
+    ConnectionClosed,
+    MessageTooBig,
+    SendTimeout,
+    TextMessageReceived,
+    Transport,
+    TransportError,
+)
+from tunnel.protocol import (
+    ConnectionDead,
+    DataReceived,
+    ErrorCode,
+    Event as ProtocolEvent,
+    RemoteProtocolError,
+    Session,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+
+log = logging.getLogger(__name__)
+
+#: How much the writer takes from the session per transport write: small enough that control
+#: frames queued in the meantime overtake bulk data quickly, large enough to amortise syscalls.
+WRITE_BATCH_SIZE = 1 << 20
+
+#: WebSocket close codes (RFC 6455 §7.4.1) used by the kit.
+WS_NORMAL = 1000
+WS_GOING_AWAY = 1001
+WS_PROTOCOL_ERROR = 1002
+WS_POLICY_VIOLATION = 1008
+WS_INTERNAL_ERROR = 1011
+
+
+class EndKind(enum.Enum):
+    """Why a connection ended."""
+
+    PEER_CLOSED = "peer_closed"  # close frame, EOF or reset from the peer
+    PROTOCOL_ERROR = "protocol_error"  # the peer broke the protocol (GOAWAY sent)
+    MESSAGE_TOO_BIG = "message_too_big"  # close 1009 already sent by the transport
+    DEAD = "dead"  # heartbeat: nothing received for 3 x interval
+    SEND_FAILED = "send_failed"  # a write failed or timed out
+    LOCAL_CLOSE = "local_close"  # we closed it (GOAWAY, shutdown, admin, Ctrl-C)
+    INTERNAL_ERROR = "internal_error"  # a bug: a greenlet died unexpectedly
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEnd:
+    """How and why :meth:`SessionRunner.run` returned."""
+
+    kind: EndKind
+    detail: str = ""
+    close_code: int | None = None  # the WebSocket close code received, when there was one
+    error_code: int | None = None  # the protocol error code, for PROTOCOL_ERROR / LOCAL_CLOSE
+
+
+class RunnerDelegate(Protocol):
+    """What the owner of a runner (the kit's session, the client) supplies."""
+
+    def stream_opened(self, event: StreamOpened, pump: StreamPump) -> None:
+        """The peer opened a stream: connect ``pump`` to a local socket (in a greenlet spawned
+        with :meth:`SessionRunner.spawn`) and ``accept_stream``, or reset it."""
+
+    def stream_finished(self, pump: StreamPump) -> None:
+        """A pump closed its local socket (normally or on reset): release what it held."""
+
+    def event_received(self, event: ProtocolEvent) -> None:
+        """Every other event (handshake, bindings, GOAWAY, resets, pongs...)."""
+
+
+class SessionRunner:
+    """Drives one :class:`Session` over one :class:`Transport`."""
+
+    def __init__(
+        self,
+        session: Session,
+        transport: Transport,
+        delegate: RunnerDelegate,
+        *,
+        name: str = "session",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.transport = transport
+        self.delegate = delegate
+        self.name = name
+        self.clock = clock
+        self.group = Group()
+        self.pumps: dict[int, StreamPump] = {}
+        self._wake_writer = Event()
+        self._writer_idle = Event()
+        self._writer_idle.set()
+        self._slot_freed = Event()
+        self._streams_drained = Event()
+        self._streams_drained.set()
+        self._ended: AsyncResult = AsyncResult()
+        self._connection_greenlets: list[gevent.Greenlet] = []
+
+    # -- structured concurrency --------------------------------------------------------------
+
+    def spawn(self, func: Callable[..., object], *args: object) -> gevent.Greenlet:
+        """Spawn ``func`` in the session's group; an unexpected exception fails the session."""
+        greenlet = self.group.spawn(func, *args)
+        greenlet.link_exception(self._greenlet_failed)
+        return greenlet
+
+    def _greenlet_failed(self, greenlet: gevent.Greenlet) -> None:
+        exc = greenlet.exception
+        log.error("%s: greenlet %r died: %r", self.name, greenlet, exc, exc_info=exc)
+        self.end(ConnectionEnd(EndKind.INTERNAL_ERROR, f"internal error: {exc!r}"))
+
+    # -- the connection ------------------------------------------------------------------------
+
+    def run(self) -> ConnectionEnd:
+        """Serve the connection until it ends; return why. Streams are left as they are."""
+        self._connection_greenlets = [
+            self.spawn(self._reader_loop),
+            self.spawn(self._writer_loop),
+            self.spawn(self._timer_loop),
+        ]
+        self.flush()
+        end: ConnectionEnd = self._ended.get()
+        current = gevent.getcurrent()
+        for greenlet in self._connection_greenlets:
+            if greenlet is not current:
+                greenlet.kill(block=False)
+        return end
+
+    def end(self, end: ConnectionEnd) -> None:
+        """End the connection (first caller wins). Does not block."""
+        if self._ended.ready():
+            return
+        self._ended.set(end)
+        self.session.connection_lost()
+        if end.kind is EndKind.DEAD or end.kind is EndKind.SEND_FAILED:
+            self.transport.abort()
+        elif end.kind is EndKind.PROTOCOL_ERROR:
+            self.transport.close(WS_PROTOCOL_ERROR, end.detail[:120])
+        elif end.kind is EndKind.INTERNAL_ERROR:
+            self.transport.close(WS_INTERNAL_ERROR, "internal error")
+        elif end.kind is EndKind.PEER_CLOSED:
+            self.transport.close(WS_NORMAL, "")
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.ready()
+
+    def flush(self) -> None:
+        """Wake the writer: the session may have something to send."""
+        self._wake_writer.set()
+
+    def wait_flushed(self, timeout_s: float) -> bool:
+        """Wait until the writer has handed everything queued so far to the transport."""
+        if not self.session.has_data_to_send() and self._writer_idle.is_set():
+            return True
+        self._writer_idle.clear()
+        self.flush()
+        return bool(self._writer_idle.wait(timeout_s))
+
+    def close_gracefully(
+        self, error_code: int, reason: str, *, drain_s: float, ws_close_code: int = WS_NORMAL
+    ) -> None:
+        """GOAWAY, let open streams finish for up to ``drain_s``, reset the rest, close.
+
+        Blocks the calling greenlet for at most about ``drain_s`` + one write timeout.
+        """
+        if self.ended:
+            return
+        self.session.send_goaway(error_code, reason)
+        self.flush()
+        if self.pumps:
+            self._streams_drained.clear()
+            if self.pumps:
+                self._streams_drained.wait(drain_s)
+        for stream_id in list(self.pumps):
+            self.session.reset_stream(stream_id, error_code, reason)
+        self.wait_flushed(drain_s + 1.0)
+        self.transport.close(ws_close_code, reason[:120])
+        self.end(ConnectionEnd(EndKind.LOCAL_CLOSE, reason, error_code=error_code))
+
+    def _reader_loop(self) -> None:
+        session = self.session
+        transport = self.transport
+        while True:
+            try:
+                message = transport.receive_message()
+            except ConnectionClosed as exc:
+                self.end(ConnectionEnd(EndKind.PEER_CLOSED, str(exc), close_code=exc.code))
+                return
+            except TextMessageReceived:
+                self._protocol_error(ErrorCode.PROTOCOL_ERROR, "text message received")
+                return
+            except MessageTooBig as exc:
+                self.end(ConnectionEnd(EndKind.MESSAGE_TOO_BIG, str(exc), close_code=1009))
+                return
+            except TransportError as exc:
+                self.end(ConnectionEnd(EndKind.PEER_CLOSED, str(exc)))
+                return
+            try:
+                session.receive_message(message, self.clock())
+            except RemoteProtocolError as exc:
+                self.dispatch(session.events_received())
+                self.wait_flushed(1.0)
+                self.end(
+                    ConnectionEnd(EndKind.PROTOCOL_ERROR, str(exc), error_code=int(exc.error_code))
+                )
+                return
+            self.dispatch(session.events_received())
+            self.flush()
+
+    def _protocol_error(self, code: ErrorCode, reason: str) -> None:
+        self.session.send_goaway(code, reason)
+        self.wait_flushed(1.0)
+        self.end(ConnectionEnd(EndKind.PROTOCOL_ERROR, reason, error_code=int(code)))
+
+    def _writer_loop(self) -> None:
+        session = self.session
+        transport = self.transport
+        wake = self._wake_writer
+        idle = self._writer_idle
+        while True:
+            wake.wait()
+            wake.clear()
+            while session.has_data_to_send():
+                messages = session.messages_to_send(WRITE_BATCH_SIZE)
+                try:
+                    transport.send_messages(messages)
+                except SendTimeout as exc:
+                    self.end(ConnectionEnd(EndKind.SEND_FAILED, f"send timed out: {exc}"))
+                    return
+                except TransportError as exc:
+                    self.end(ConnectionEnd(EndKind.SEND_FAILED, f"send failed: {exc}"))
+                    return
+            idle.set()
+
+    def _timer_loop(self) -> None:
+        session = self.session
+        while True:
+            now = self.clock()
+            deadline = session.next_deadline()
+            delay_s = 1.0 if deadline is None else min(max(deadline - now, 0.0), 1.0)
+            gevent.sleep(delay_s)
+            session.handle_timer(self.clock())
+            events = session.events_received()
+            if events:
+                self.dispatch(events)
+            self.flush()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def dispatch(self, events: list[ProtocolEvent]) -> None:
+        """Route session events: stream data to pumps, the rest to the delegate."""
+        pumps = self.pumps
+        for event in events:
+            if isinstance(event, DataReceived):
+                pump = pumps.get(event.stream_id)
+                if pump is not None:
+                    pump.deliver(event.data)
+            elif isinstance(event, WindowUpdated):
+                pump = pumps.get(event.stream_id)
+                if pump is not None:
+                    pump.credit_changed()
+            elif isinstance(event, StreamEnded):
+                pump = pumps.get(event.stream_id)
+                if pump is not None:
+                    pump.deliver_eof()
+            elif isinstance(event, StreamOpened):
+                pump = self._new_pump(event.stream_id)
+                self.delegate.stream_opened(event, pump)
+            elif isinstance(event, StreamReset):
+                pump = pumps.get(event.stream_id)
+                if pump is not None:
+                    pump.reset()
+                self.delegate.event_received(event)
+            elif isinstance(event, ConnectionDead):
+                self.delegate.event_received(event)
+                self.end(ConnectionEnd(EndKind.DEAD, f"nothing received for {event.silent_s:.1f} s"))
+            else:
+                self.delegate.event_received(event)
+
+    # -- streams -------------------------------------------------------------------------------
+
+    def _new_pump(self, stream_id: int) -> StreamPump:
+        pump = StreamPump(self, stream_id, on_finished=self._pump_finished)
+        self.pumps[stream_id] = pump
+        self._streams_drained.clear()
+        return pump
+
+    def _pump_finished(self, pump: StreamPump) -> None:
+        if self.pumps.get(pump.stream_id) is pump:
+            del self.pumps[pump.stream_id]
+        self._slot_freed.set()
+        if not self.pumps:
+            self._streams_drained.set()
+        self.delegate.stream_finished(pump)
+
+    def open_stream(self, bind_id: int, origin: str | None = None) -> StreamPump:
+        """Open a stream of ours; the caller then :meth:`StreamPump.connect` s its socket."""
+        stream_id = self.session.open_stream(bind_id, origin)
+        pump = self._new_pump(stream_id)
+        self.flush()
+        return pump
+
+    def wait_stream_slot(self, timeout_s: float | None = None) -> bool:
+        """Block until this side may open another stream (``max_streams``) or the connection ends."""
+        while not self.session.can_open_stream():
+            if self.ended:
+                return False
+            self._slot_freed.clear()
+            if not self._slot_freed.wait(timeout_s):
+                return False
+        return True
+
+    def wake_slot_waiters(self) -> None:
+        """Let :meth:`wait_stream_slot` callers re-check (e.g. after the connection ended)."""
+        self._slot_freed.set()
+
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        self.session.send_data(stream_id, data, end_stream=end_stream)
+        self._wake_writer.set()
+
+    def acknowledge_data(self, stream_id: int, size: int) -> None:
+        session = self.session
+        session.acknowledge_data(stream_id, size)
+        if session.has_data_to_send():
+            self._wake_writer.set()
+
+    def reset_stream(self, stream_id: int, code: int, reason: str = "") -> None:
+        self.session.reset_stream(stream_id, code, reason)
+        self._wake_writer.set()
+
+    def close_streams(self) -> None:
+        """Abort every stream's local socket (the session is over)."""
+        for pump in list(self.pumps.values()):
+            pump.reset()
+        self.wake_slot_waiters()
+
+    def stop(self) -> None:
+        """Kill every greenlet of the session and wait for them (after the connection ended)."""
+        self.close_streams()
+        self.group.kill(block=True, timeout=5)

@@ -1,0 +1,130 @@
+"""The kit: settings, metrics, the registry and FD budget, and serving one WebSocket.
+
+One :class:`Kit` per app, stored at ``app.extensions["tunnel"]``; the connect view hands it each
+accepted WebSocket through :meth:`Kit.serve`, which blocks for the session's lifetime.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tunnel.config import Settings
+from tunnel.metrics import LiveGauges, Metrics
+from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
+from tunnel.mux.transport import Transport, TransportError
+from tunnel.protocol import ErrorCode, Role, Session, SessionConfig
+from tunnel.server.kit_session import KitSession, SessionState
+from tunnel.server.registry import Registry
+
+log = logging.getLogger("tunnel.session")
+
+#: WebSocket close code "try again later" (RFC 6455 §7.4.1, registered 1013).
+WS_TRY_AGAIN_LATER = 1013
+
+
+@dataclass(frozen=True, slots=True)
+class FdAccounting:
+    """A consistent snapshot of the FD budget (wire-protocol §9 invariant)."""
+
+    budget: int
+    available: int
+    granted: int
+
+
+class Kit:
+    """Everything the tunnel kit holds for one app."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.registry = Registry(settings.fd_budget)
+        self.draining = False
+        metrics.set_live_source(self.live_gauges)
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def live_gauges(self) -> LiveGauges:
+        sessions = list(self.registry)
+        return LiveGauges(
+            sessions_active=len(sessions),
+            bindings_active=sum(len(s.bindings) for s in sessions),
+            fd_permits_available=self.registry.budget.available,
+            sessions_orphaned=sum(1 for s in sessions if s.state is SessionState.ORPHANED),
+        )
+
+    def fd_accounting(self) -> FdAccounting:
+        budget = self.registry.budget
+        return FdAccounting(budget.size, budget.available, self.registry.permits_granted())
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def serve(self, transport: Transport, *, peer_address: str, user_agent: str) -> None:
+        """Run one tunnel session over an accepted WebSocket until it ends."""
+        settings = self.settings
+        version = 2 if transport.subprotocol.endswith(".v2") else 1
+        session = Session(
+            SessionConfig(
+                role=Role.SERVER,
+                version=version,
+                receive_window_size=settings.window_size,
+                max_frame_size=settings.max_frame_size,
+                max_streams=settings.max_streams,
+                heartbeat_interval_s=settings.heartbeat_s,
+            )
+        )
+        kit_session = KitSession(
+            self,
+            SessionRunner,
+            protocol=transport.subprotocol,
+            peer_address=peer_address,
+            user_agent=user_agent,
+        )
+        if not kit_session.take_permit():
+            self.metrics.fd_permit_exhausted_total.labels(path="session").inc()
+            self.metrics.handshake_failures_total.labels(reason="resource_exhausted").inc()
+            log.info("session refused: peer=%s reason=no-fd-permit", peer_address)
+            self._refuse(transport, session, ErrorCode.RESOURCE_EXHAUSTED, "no file descriptor permit left")
+            return
+        try:
+            runner = SessionRunner(session, transport, kit_session, name=kit_session.session_id)
+            kit_session.runner = runner
+            self.registry.add(kit_session)
+            runner.spawn(kit_session.watch_handshake)
+            end = runner.run()
+            self._ended(kit_session, end)
+        finally:
+            self.registry.remove(kit_session)
+            kit_session.release_all()
+            kit_session.give_permit()
+            transport.close()
+
+    def _refuse(self, transport: Transport, session: Session, code: ErrorCode, reason: str) -> None:
+        session.send_goaway(code, reason)
+        try:
+            transport.send_messages(session.messages_to_send())
+        except TransportError:
+            pass  # the peer is gone already; closing is all that is left
+        transport.close(WS_TRY_AGAIN_LATER, reason)
+
+    def _ended(self, kit_session: KitSession, end: ConnectionEnd) -> None:
+        was_active = kit_session.state is not SessionState.HANDSHAKE
+        reason = end.kind.value
+        if end.kind is EndKind.LOCAL_CLOSE and end.error_code is not None:
+            reason = ErrorCode(end.error_code).name.lower() if end.error_code in ErrorCode._value2member_map_ else reason
+        kit_session.state = SessionState.CLOSING
+        if was_active:
+            stats = kit_session.runner.session.statistics() if kit_session.runner else None
+            self.metrics.sessions_closed_total.labels(reason=reason).inc()
+            log.info(
+                "session closed: id=%s peer=%s reason=%s detail=%r bytes_in=%d bytes_out=%d",
+                kit_session.session_id,
+                kit_session.peer_address,
+                reason,
+                end.detail,
+                stats.data_bytes_received if stats else 0,
+                stats.data_bytes_sent if stats else 0,
+            )
+        elif end.kind is EndKind.PROTOCOL_ERROR:
+            self.metrics.handshake_failures_total.labels(reason="protocol_error").inc()
+            log.info("session refused: peer=%s reason=protocol-error detail=%r", kit_session.peer_address, end.detail)
