@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import gevent
+from gevent import Greenlet
 from gevent import socket as gsocket
 from gevent.event import AsyncResult
 from gevent.event import Event as GeventEvent
@@ -25,7 +26,7 @@ from tunnel import __version__
 from tunnel.client.specs import ExposeSpec, PullSpec
 from tunnel.mux import transport as transport_mod
 from tunnel.mux.pump import StreamPump
-from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
+from tunnel.mux.runner import ConnectionEnd, SessionRunner
 from tunnel.mux.transport import HandshakeRejected, TransportError
 from tunnel.protocol import (
     BindAccepted,
@@ -109,8 +110,8 @@ class TunnelClient:
         self.protocol = ""
         self._pulls: list[_LocalPull] = []
         self._exposes: dict[int, ExposeSpec] = {}
-        self._handshake: AsyncResult = AsyncResult()
-        self._binds: dict[int, AsyncResult] = {}
+        self._handshake: AsyncResult[Outcome] = AsyncResult()
+        self._binds: dict[int, AsyncResult[Event | None]] = {}
         self._goaway: GoAwayReceived | None = None
         self._stopping = False
         self.ready = GeventEvent()  # set once bound and serving (tests wait on it)
@@ -132,7 +133,8 @@ class TunnelClient:
                 end: ConnectionEnd = end_greenlet.get()
             finally:
                 if not end_greenlet.dead:
-                    runner.end(ConnectionEnd(EndKind.LOCAL_CLOSE, "client stopping"))
+                    # Leaving for any reason (a refused BIND, an error): say so, never just drop.
+                    runner.close_gracefully(ErrorCode.NORMAL, "client closing", drain_s=0.0)
                     end_greenlet.join(timeout=5)
                 runner.stop()
             return self._exit_code(end)
@@ -206,7 +208,7 @@ class TunnelClient:
         self.runner = runner
         return runner
 
-    def _wait_welcome(self, end_greenlet: gevent.Greenlet) -> None:
+    def _wait_welcome(self, end_greenlet: Greenlet[..., ConnectionEnd]) -> None:
         end_greenlet.link(lambda _: self._handshake.set(Outcome.ENDED))
         try:
             outcome = self._handshake.get(timeout=self.options.handshake_timeout_s)
@@ -224,14 +226,14 @@ class TunnelClient:
         end = end_greenlet.value if end_greenlet.ready() else None
         raise ClientError(f"connection lost during the handshake{_end_text(end)}")
 
-    def _bind_all(self, end_greenlet: gevent.Greenlet) -> None:
+    def _bind_all(self, end_greenlet: Greenlet[..., ConnectionEnd]) -> None:
         assert self.runner is not None
         session = self.runner.session
         req_id = 0
-        pending: list[tuple[int, str, AsyncResult]] = []
+        pending: list[tuple[int, str, AsyncResult[Event | None]]] = []
         for expose in self.options.exposes:
             req_id += 1
-            result: AsyncResult = AsyncResult()
+            result: AsyncResult[Event | None] = AsyncResult()
             self._binds[req_id] = result
             session.send_bind(BindRequest(req_id, BindKind.EXPOSE, expose.container_port, expose.mode))
             pending.append((req_id, f"--expose {expose.container_port}", result))
@@ -242,7 +244,12 @@ class TunnelClient:
             session.send_bind(BindRequest(req_id, BindKind.PULL, pull.spec.container_port, BindMode.TCP))
             pending.append((req_id, f"--pull {pull.spec.local_port}", result))
         self.runner.flush()
-        end_greenlet.link(lambda _: [r.set(None) for _, _, r in pending if not r.ready()])
+        def lost(_: object) -> None:
+            for _, _, waiting in pending:
+                if not waiting.ready():
+                    waiting.set(None)
+
+        end_greenlet.link(lost)
         exposes = iter(self.options.exposes)
         pulls = iter(self._pulls)
         failures: list[str] = []

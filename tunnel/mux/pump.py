@@ -68,7 +68,7 @@ class StreamPump:
         self._sent_fin = False  # we sent FIN (local EOF)
         self._wrote_fin = False  # we shut down the local write side
         self._finished = False
-        self._greenlets: list[gevent.Greenlet] = []
+        self._greenlets: list[gevent.Greenlet[..., object]] = []
         self.bytes_to_local = 0
         self.bytes_from_local = 0
 

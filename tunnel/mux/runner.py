@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import gevent
+from gevent import Greenlet
 from gevent.event import AsyncResult, Event
 from gevent.pool import Group
 
@@ -130,18 +131,18 @@ class SessionRunner:
         self._slot_freed = Event()
         self._streams_drained = Event()
         self._streams_drained.set()
-        self._ended: AsyncResult = AsyncResult()
-        self._connection_greenlets: list[gevent.Greenlet] = []
+        self._ended: AsyncResult[ConnectionEnd] = AsyncResult()
+        self._connection_greenlets: list[Greenlet[..., object]] = []
 
     # -- structured concurrency --------------------------------------------------------------
 
-    def spawn(self, func: Callable[..., object], *args: object) -> gevent.Greenlet:
+    def spawn(self, func: Callable[..., object], *args: object, **kwargs: object) -> Greenlet[..., object]:
         """Spawn ``func`` in the session's group; an unexpected exception fails the session."""
-        greenlet = self.group.spawn(func, *args)
+        greenlet: Greenlet[..., object] = self.group.spawn(func, *args, **kwargs)
         greenlet.link_exception(self._greenlet_failed)
         return greenlet
 
-    def _greenlet_failed(self, greenlet: gevent.Greenlet) -> None:
+    def _greenlet_failed(self, greenlet: Greenlet[..., object]) -> None:
         exc = greenlet.exception
         log.error("%s: greenlet %r died: %r", self.name, greenlet, exc, exc_info=exc)
         self.end(ConnectionEnd(EndKind.INTERNAL_ERROR, f"internal error: {exc!r}"))
@@ -156,7 +157,8 @@ class SessionRunner:
             self.spawn(self._timer_loop),
         ]
         self.flush()
-        end: ConnectionEnd = self._ended.get()
+        end = self._ended.get()
+        assert end is not None
         current = gevent.getcurrent()
         for greenlet in self._connection_greenlets:
             if greenlet is not current:
@@ -175,7 +177,7 @@ class SessionRunner:
             self.transport.close(WS_PROTOCOL_ERROR, end.detail[:120])
         elif end.kind is EndKind.INTERNAL_ERROR:
             self.transport.close(WS_INTERNAL_ERROR, "internal error")
-        elif end.kind is EndKind.PEER_CLOSED:
+        else:  # PEER_CLOSED, LOCAL_CLOSE (already closed with its code: close is idempotent)
             self.transport.close(WS_NORMAL, "")
 
     @property
