@@ -1,0 +1,1 @@
+"""gevent driver of a protocol Session and the WebSocket transport (both ends)."""

@@ -1,0 +1,651 @@
+"""The WebSocket seam (docs/dev/CONTRACTS.md): `Transport`, its errors, and `SocketTransport`.
+
+`SocketTransport` speaks RFC 6455 itself (framing in `tunnel.mux.websocket`) over a buffered
+reader and a gevent socket, for both ends: the server handler (tunnel/server/handler.py) builds one
+after its deferred 101, the client builds one with `connect()`. It replaces gevent-websocket's
+WebSocket object, whose traps it fixes (see the trap numbers in comments):
+
+* every raw write (data messages, automatic pongs, close frames) passes through one
+  `gevent.lock.Semaphore` (trap 6), inside `gevent.Timeout(send_timeout_s)` (trap 7);
+* close frames carry ``!H`` code + reason and the received code is kept (trap 5);
+* message sizes are checked from headers before payloads are read (trap 9);
+* the receiver yields after each message (trap 10);
+* masking uses numpy (traps 4 and 13).
+
+Concurrency: one greenlet reads (`receive_message`), any number may send. `close` may be called
+from any greenlet; it wakes a blocked reader by shutting the socket down.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket as stdlib_socket
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Final, Protocol, cast, runtime_checkable
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.lock
+import gevent.socket
+import gevent.ssl
+import h11
+
+from tunnel.mux.websocket import (
+    MAX_MESSAGE_SIZE,
+    CloseCode,
+    FrameReader,
+    FramingError,
+    IncompleteReadError,
+    Opcode,
+    OversizeMessageError,
+    PrefixedReader,
+    apply_mask,
+    check_switching_headers,
+    compute_accept_key,
+    encode_frame_header,
+    is_valid_close_code,
+    pack_close_payload,
+    parse_close_payload,
+)
+
+__all__ = [
+    "DEFAULT_CONNECT_PATH",
+    "ConnectionClosed",
+    "HandshakeRejected",
+    "MessageTooBig",
+    "ProtocolViolation",
+    "SendTimeout",
+    "SocketTransport",
+    "TextMessageReceived",
+    "Transport",
+    "TransportError",
+    "compute_accept_key",
+    "connect",
+    "format_address",
+]
+
+#: wire-protocol.md §1: implied when the URL has no path.
+DEFAULT_CONNECT_PATH: Final = "/api/v1/tunnel/connect"
+_MAX_REJECTION_BODY_SIZE: Final = 64 * 1024
+_MAX_HANDSHAKE_HEADER_SIZE: Final = 64 * 1024
+_IOV_MAX: Final = 1024  # iovecs per sendmsg() call (Linux IOV_MAX)
+_DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
+
+
+# == Errors ====================================================================================
+
+
+class TransportError(Exception):
+    """Root of everything the transport raises on purpose (connect failures included)."""
+
+
+class ConnectionClosed(TransportError):
+    """The connection is over: a close frame came in (``code`` is the peer's, None when the frame
+    had no code), or EOF / reset / local close (``code`` None)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"connection closed (code={code}, reason={reason!r})")
+        self.code = code
+        self.reason = reason
+
+
+class ProtocolViolation(ConnectionClosed):
+    """The peer broke RFC 6455; the transport already sent close ``close_code_sent``."""
+
+    def __init__(self, close_code_sent: int, reason: str) -> None:
+        super().__init__(None, reason)
+        self.close_code_sent = close_code_sent
+
+
+class TextMessageReceived(TransportError):
+    """A text message arrived (wire-protocol.md §1: only binary messages are valid). The
+    connection is still open; the caller decides how to end it."""
+
+    def __init__(self, message_size: int) -> None:
+        super().__init__(f"text message of {message_size} bytes received")
+        self.message_size = message_size
+
+
+class MessageTooBig(TransportError):
+    """A message over the limit was announced; close 1009 was sent, the payload never read."""
+
+    def __init__(self, message_size: int, max_message_size: int) -> None:
+        super().__init__(f"message of at least {message_size} bytes exceeds {max_message_size} bytes")
+        self.message_size = message_size
+        self.max_message_size = max_message_size
+
+
+class SendTimeout(TransportError):
+    """A send did not complete within ``send_timeout_s`` (trap 7). The connection is dead
+    (a frame may be half written) and has been aborted."""
+
+    def __init__(self, send_timeout_s: float) -> None:
+        super().__init__(f"send did not complete within {send_timeout_s} s")
+        self.send_timeout_s = send_timeout_s
+
+
+class HandshakeRejected(TransportError):
+    """The server did not switch protocols, or its 101 was invalid.
+
+    ``headers`` are (lower-case name, value) pairs; ``body`` is at most 64 KiB.
+    """
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, detail: str = "") -> None:
+        super().__init__(f"WebSocket handshake rejected: HTTP {status}" + (f": {detail}" if detail else ""))
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.detail = detail
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key == wanted), None)
+
+
+# == The seam ==================================================================================
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What a session runner needs from a WebSocket (docs/dev/CONTRACTS.md)."""
+
+    @property
+    def subprotocol(self) -> str: ...
+    @property
+    def peer_address(self) -> str: ...  # "ip:port"
+    @property
+    def local_address(self) -> str: ...
+    @property
+    def close_code_received(self) -> int | None: ...
+
+    def receive_message(self) -> bytes | bytearray:
+        """Block for one whole binary message. Raises TextMessageReceived, MessageTooBig,
+        ConnectionClosed. Answers pings; yields to other greenlets after each message."""
+        ...
+
+    def send_messages(self, messages: list[bytes]) -> None:
+        """Send binary messages under the write lock. Raises ConnectionClosed, SendTimeout."""
+        ...
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Idempotent: send close (code, reason) if not yet sent, then close the socket."""
+        ...
+
+    def abort(self) -> None:
+        """Idempotent: close the socket without a close frame (dead peer)."""
+        ...
+
+
+class _BufferedByteReader(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+    def close(self) -> None: ...
+
+
+def format_address(address: object) -> str:
+    """``"ip:port"`` for an (ip, port, ...) tuple (IPv6 in brackets), ``str()`` otherwise."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+class SocketTransport:
+    """`Transport` over a buffered reader and a gevent socket (either end).
+
+    Args:
+        reader: buffered reader of the socket (``read``, ``readinto``, ``close``); it may already
+            hold bytes that follow the handshake.
+        sock: the gevent socket (or gevent SSL socket) to write to.
+        mask_outgoing: True on the client: outgoing frames are masked and incoming ones must not
+            be; False on the server: the reverse (RFC 6455 §5.1).
+        send_timeout_s: bound on every write, including the wait for the write lock.
+        close_timeout_s: bound on sending a close frame from `close` (never above send_timeout_s).
+    """
+
+    def __init__(
+        self,
+        reader: _BufferedByteReader,
+        sock: gevent.socket.socket,
+        *,
+        mask_outgoing: bool,
+        subprotocol: str,
+        peer_address: str,
+        local_address: str,
+        send_timeout_s: float = 30.0,
+        close_timeout_s: float = _DEFAULT_CLOSE_TIMEOUT_S,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+    ) -> None:
+        self._reader = reader
+        self._sock = sock
+        self._mask_outgoing = mask_outgoing
+        self.subprotocol = subprotocol
+        self.peer_address = peer_address
+        self.local_address = local_address
+        self.send_timeout_s = send_timeout_s
+        self.close_timeout_s = min(close_timeout_s, send_timeout_s)
+        self._frame_reader = FrameReader(
+            reader.read,
+            readinto=reader.readinto,
+            expect_masked=not mask_outgoing,
+            max_message_size=max_message_size,
+        )
+        # Trap 6: the one lock that every raw write goes through.
+        self._write_lock = gevent.lock.Semaphore(1)
+        # SSL sockets have no sendmsg(); they get one joined buffer instead.
+        self._use_sendmsg = hasattr(sock, "sendmsg") and not isinstance(sock, (ssl.SSLSocket, gevent.ssl.SSLSocket))
+        self._close_code_received: int | None = None
+        self.close_reason_received = ""
+        self._close_sent = False  # no frame may follow a close frame (RFC 6455 §5.5.1)
+        self._aborted = False  # socket shut down and closed
+        self._reading = False
+        self._closed_locally = False  # close() or abort() was called
+        self._ended: ConnectionClosed | None = None  # what later calls raise
+
+    @property
+    def close_code_received(self) -> int | None:
+        """The code of the peer's close frame (None: no close frame, or one without a code)."""
+        return self._close_code_received
+
+    @property
+    def closed(self) -> bool:
+        return self._aborted
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def receive_message(self) -> bytes | bytearray:
+        """Block until one whole binary message arrives and return it.
+
+        Pings are answered and pongs ignored on the way. Only one greenlet may call this at a
+        time.
+
+        Raises:
+            TextMessageReceived: a text message (read wholly and dropped); still connected.
+            MessageTooBig: a message over the limit; close 1009 sent, connection closed.
+            ConnectionClosed: close frame (``code`` is the peer's, echoed once), EOF, reset,
+                local close; `ProtocolViolation` when the peer broke RFC 6455.
+        """
+        while True:
+            if self._ended is not None:
+                raise self._ended
+            self._reading = True
+            try:
+                message = self._frame_reader.read_message()
+            except OversizeMessageError as exc:
+                self._end(ConnectionClosed(None, "message too big"))
+                self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                raise MessageTooBig(exc.message_size, exc.max_message_size) from None
+            except FramingError as exc:
+                violation = self._end(ProtocolViolation(exc.close_code, str(exc)))
+                self._fail(exc.close_code, str(exc))
+                raise violation from None
+            except (IncompleteReadError, OSError, ValueError) as exc:
+                # ValueError: the reader was closed under us by a local close().
+                ended = self._end(ConnectionClosed(self._close_code_received, f"connection lost: {exc}"))
+                self._abort()
+                raise ended from None
+            finally:
+                self._reading = False
+                if self._aborted:
+                    self._close_reader()
+            opcode = message.opcode
+            if opcode == Opcode.BINARY:
+                gevent.sleep(0)  # trap 10: let the worker's other connections run
+                return message.payload
+            if opcode == Opcode.PING:
+                if not self._close_sent:
+                    try:
+                        pong = self._control_frame(Opcode.PONG, message.payload)  # RFC 6455 §5.5.3
+                        self._write([pong])
+                    except SendTimeout:
+                        raise self._end(ConnectionClosed(None, "pong send timed out")) from None
+            elif opcode == Opcode.CLOSE:
+                self._on_close_frame(message.payload)
+            elif opcode == Opcode.TEXT:
+                gevent.sleep(0)
+                raise TextMessageReceived(len(message.payload))
+            gevent.sleep(0)  # pongs and pings count as messages for fairness too
+
+    def _on_close_frame(self, payload: bytes | bytearray) -> None:
+        try:
+            code, reason = parse_close_payload(payload)
+        except FramingError as exc:
+            violation = self._end(ProtocolViolation(exc.close_code, str(exc)))
+            self._fail(exc.close_code, str(exc))
+            raise violation from None
+        self._close_code_received = code
+        self.close_reason_received = reason
+        ended = ConnectionClosed(code, reason)
+        if not self._closed_locally:
+            # The peer's code beats an earlier local failure (e.g. a send that hit the RST
+            # following the peer's close 1009): it says why the connection ended.
+            self._ended = ended
+        if not self._close_sent:
+            # RFC 6455 §5.5.1: echo the status code once (empty payload if it had none).
+            self._send_close_frame(code, "")
+        self._abort()
+        raise ended
+
+    def _end(self, exc: ConnectionClosed) -> ConnectionClosed:
+        """Record why the connection ended (the first reason wins) and return that record."""
+        if self._ended is None:
+            self._ended = exc
+        return self._ended
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send_messages(self, messages: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send binary messages, all in one sendall/sendmsg under the write lock.
+
+        Raises:
+            ConnectionClosed: the connection is closed or the write failed.
+            SendTimeout: not done within ``send_timeout_s``; the connection was aborted.
+        """
+        if not messages:
+            return
+        self._write(self._encode_messages(messages))
+
+    def _encode_messages(self, payloads: Sequence[bytes | bytearray | memoryview]) -> list[bytes | bytearray | memoryview]:
+        if not self._mask_outgoing:
+            # Server: headers and payloads as separate iovecs, no copy of the payloads.
+            buffers: list[bytes | bytearray | memoryview] = []
+            for payload in payloads:
+                buffers.append(encode_frame_header(Opcode.BINARY, len(payload)))
+                if len(payload):
+                    buffers.append(payload)
+            return buffers
+        # Client: the masked copy is unavoidable; write every frame into one buffer.
+        mask_keys = os.urandom(4 * len(payloads))
+        headers = [
+            encode_frame_header(Opcode.BINARY, len(payload), mask_key=mask_keys[4 * i : 4 * i + 4])
+            for i, payload in enumerate(payloads)
+        ]
+        out = bytearray(sum(len(h) for h in headers) + sum(len(p) for p in payloads))
+        offset = 0
+        with memoryview(out) as view:
+            for i, (header, payload) in enumerate(zip(headers, payloads)):
+                view[offset : offset + len(header)] = header
+                offset += len(header)
+                size = len(payload)
+                apply_mask(payload, mask_keys[4 * i : 4 * i + 4], out=view[offset : offset + size])
+                offset += size
+        return [out]
+
+    def _control_frame(self, opcode: Opcode, payload: bytes | bytearray) -> bytes:
+        key = os.urandom(4) if self._mask_outgoing else None
+        masked = apply_mask(payload, key) if key is not None else payload
+        return encode_frame_header(opcode, len(payload), mask_key=key) + bytes(masked or b"")
+
+    def _write(self, buffers: list[bytes | bytearray | memoryview]) -> None:
+        """Write ``buffers`` under the write lock within send_timeout_s (traps 6, 7)."""
+        if self._close_sent:  # also set by _abort
+            raise self._ended or ConnectionClosed(self._close_code_received, "connection is closed")
+        timer = gevent.Timeout(self.send_timeout_s)
+        timer.start()
+        try:
+            with self._write_lock:
+                if self._close_sent:  # a close went out while we waited for the lock
+                    raise self._ended or ConnectionClosed(self._close_code_received, "connection is closed")
+                self._sendall(buffers)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._end(ConnectionClosed(None, "send timed out"))
+            self._abort()  # a frame may be half written: the connection is unusable
+            raise SendTimeout(self.send_timeout_s) from None
+        except OSError as exc:
+            ended = self._end(ConnectionClosed(None, f"send failed: {exc}"))
+            self._abort()
+            raise ended from None
+        finally:
+            timer.close()
+
+    def _sendall(self, buffers: list[bytes | bytearray | memoryview]) -> None:
+        assert self._write_lock.locked()  # house style §5: callers hold the write lock
+        if len(buffers) == 1:
+            self._sock.sendall(buffers[0])
+            return
+        if not self._use_sendmsg:
+            self._sock.sendall(b"".join(buffers))
+            return
+        views = [memoryview(b).cast("B") for b in buffers]
+        index = 0
+        while index < len(views):
+            sent = self._sock.sendmsg(views[index : index + _IOV_MAX])
+            while sent and index < len(views):  # skip what went out, keep the rest
+                first = views[index]
+                if sent >= len(first):
+                    sent -= len(first)
+                    index += 1
+                else:
+                    views[index] = first[sent:]
+                    sent = 0
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Send close (``code`` packed ``!H`` + reason cut to 123 bytes) unless a close was
+        already sent, then shut down and close the socket. Idempotent; never blocks longer than
+        ``close_timeout_s``. Later receive/send calls raise ConnectionClosed.
+
+        Raises:
+            ValueError: ``code`` may not be sent (e.g. 1005, 1006, 2000).
+        """
+        if not is_valid_close_code(code):
+            raise ValueError(f"close code {code} may not be sent")
+        if self._aborted:
+            return
+        self._closed_locally = True
+        self._end(ConnectionClosed(self._close_code_received, "closed locally"))
+        if not self._close_sent:
+            self._send_close_frame(code, reason)
+        self._abort()
+
+    def abort(self) -> None:
+        """Drop the connection without a close frame (a dead peer, heartbeat timeout,
+        wire-protocol.md §6). Idempotent; later calls raise ConnectionClosed."""
+        self._closed_locally = True
+        self._end(ConnectionClosed(self._close_code_received, "aborted locally"))
+        self._abort()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection: close frame (best effort), then abort (RFC 6455 §7.1.7)."""
+        if not self._close_sent and not self._aborted:
+            self._send_close_frame(code, reason)
+        self._abort()
+
+    def _send_close_frame(self, code: int | None, reason: str) -> None:
+        """Best effort, bounded by close_timeout_s; marks the close as sent either way."""
+        frame = self._control_frame(Opcode.CLOSE, pack_close_payload(code, reason))
+        self._close_sent = True
+        # A sender stuck on a dead peer holds the lock: do not wait longer than close_timeout_s.
+        if not self._write_lock.acquire(timeout=self.close_timeout_s):
+            return
+        timer = gevent.Timeout(self.close_timeout_s)
+        timer.start()
+        try:
+            self._sendall([frame])
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+        except OSError:
+            pass  # the peer is gone; aborting is all that is left
+        finally:
+            timer.close()
+            self._write_lock.release()
+
+    def _abort(self) -> None:
+        """Shut the socket down (waking a blocked reader with EOF) and close it."""
+        if self._aborted:
+            return
+        self._aborted = True
+        self._close_sent = True
+        self._end(ConnectionClosed(self._close_code_received, "connection is closed"))
+        try:
+            self._sock.shutdown(stdlib_socket.SHUT_RDWR)
+        except OSError:
+            pass  # already disconnected
+        self._sock.close()  # the fd itself goes once the reader (a makefile) is closed too
+        if not self._reading:
+            self._close_reader()
+
+    def _close_reader(self) -> None:
+        # Closing a BufferedReader that another greenlet is blocked in raises "reentrant call",
+        # so the reading greenlet closes it itself when it wakes up (see receive_message).
+        try:
+            self._reader.close()
+        except (OSError, RuntimeError):
+            pass
+
+
+# == Client ====================================================================================
+
+
+HeaderItems = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+def connect(
+    url: str,
+    subprotocols: Sequence[str],
+    *,
+    timeout_s: float,
+    headers: HeaderItems | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    send_timeout_s: float = 30.0,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+) -> SocketTransport:
+    """Open a client WebSocket (RFC 6455 §4.1) and return its transport.
+
+    Args:
+        url: ``ws://`` or ``wss://``; an empty path or ``/`` means ``/api/v1/tunnel/connect``.
+        subprotocols: offered in Sec-WebSocket-Protocol; the server must choose one of them.
+        timeout_s: bound on the whole TCP + TLS + HTTP handshake.
+        headers: extra request headers (e.g. User-Agent).
+        ssl_context: for wss; default ``ssl.create_default_context()``.
+
+    Raises:
+        HandshakeRejected: a non-101 answer (``body`` read, at most 64 KiB), or a 101 with a wrong
+            Sec-WebSocket-Accept or a subprotocol that was not offered (or none at all).
+        TransportError: DNS, TCP, TLS or HTTP failure, or the timeout.
+        ValueError: a URL that is not ws:// or wss://.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    host = parts.hostname
+    port = parts.port or (443 if secure else 80)
+    path = parts.path if parts.path not in ("", "/") else DEFAULT_CONNECT_PATH
+    target = path + (f"?{parts.query}" if parts.query else "")
+    host_header = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        host_header += f":{port}"
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    request_headers = [
+        ("Host", host_header),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    if subprotocols:
+        request_headers.append(("Sec-WebSocket-Protocol", ", ".join(subprotocols)))
+    extra = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    request_headers.extend((name, value) for name, value in extra)
+
+    sock: gevent.socket.socket | None = None
+    timer = gevent.Timeout(timeout_s)
+    timer.start()
+    try:
+        sock = gevent.socket.create_connection((host, port))
+        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        if secure:
+            sock = _wrap_tls(sock, host, ssl_context)
+        trailing, chosen = _handshake(sock, target, request_headers, key, subprotocols)
+    except BaseException as exc:
+        if sock is not None:
+            sock.close()
+        if exc is timer:
+            raise TransportError(f"WebSocket handshake with {url} timed out after {timeout_s} s") from None
+        if isinstance(exc, (OSError, h11.ProtocolError)):
+            raise TransportError(f"WebSocket connection to {url} failed: {exc}") from exc
+        raise  # HandshakeRejected, or a foreign gevent.Timeout
+    finally:
+        timer.close()
+    # The bytes h11 read past the 101 are the first frames: serve them first.
+    reader = PrefixedReader(trailing, cast(_BufferedByteReader, sock.makefile("rb", buffering=64 * 1024)))
+    return SocketTransport(
+        reader,
+        sock,
+        mask_outgoing=True,
+        subprotocol=chosen,
+        peer_address=format_address(sock.getpeername()),
+        local_address=format_address(sock.getsockname()),
+        send_timeout_s=send_timeout_s,
+        max_message_size=max_message_size,
+    )
+
+
+def _wrap_tls(sock: gevent.socket.socket, host: str, context: ssl.SSLContext | None) -> gevent.socket.socket:
+    context = context or ssl.create_default_context()
+    # Not context.wrap_socket(): in an unpatched process ssl.create_default_context() (even
+    # gevent.ssl's) returns a stdlib context whose wrap_socket builds a blocking ssl.SSLSocket
+    # over our non-blocking gevent fd. gevent's SSLSocket takes any context; this is exactly what
+    # gevent.ssl.SSLContext.wrap_socket does.
+    return gevent.ssl.SSLSocket(sock=sock, server_hostname=host, _context=context)
+
+
+def _handshake(
+    sock: gevent.socket.socket,
+    target: str,
+    request_headers: list[tuple[str, str]],
+    key: str,
+    subprotocols: Sequence[str],
+) -> tuple[bytes, str]:
+    """Send the upgrade request, read the answer; return (bytes after the 101, subprotocol)."""
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HANDSHAKE_HEADER_SIZE)
+    sock.sendall(
+        conn.send(h11.Request(method="GET", target=target, headers=request_headers))
+        + conn.send(h11.EndOfMessage())
+    )
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(sock.recv(65536))
+        elif isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                break  # other 1xx (100 Continue) are skipped
+        elif isinstance(event, h11.Response):
+            raise HandshakeRejected(event.status_code, _decode_headers(event.headers), _read_body(conn, sock))
+        elif isinstance(event, h11.ConnectionClosed):
+            raise TransportError("server closed the connection during the WebSocket handshake")
+    response_headers = _decode_headers(event.headers)
+    try:
+        chosen = check_switching_headers(response_headers, key, subprotocols)
+    except ValueError as exc:
+        raise HandshakeRejected(101, response_headers, b"", str(exc)) from None
+    trailing, _closed = conn.trailing_data
+    return bytes(trailing), chosen
+
+
+def _decode_headers(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(bytes(name).decode("latin-1"), bytes(value).decode("latin-1")) for name, value in headers]
+
+
+def _read_body(conn: h11.Connection, sock: gevent.socket.socket) -> bytes:
+    """Read the rejection body up to 64 KiB (the caller's timeout bounds the wait)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < _MAX_REJECTION_BODY_SIZE:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(sock.recv(65536))
+        elif isinstance(event, h11.Data):
+            parts.append(bytes(event.data))
+            size += len(event.data)
+        else:  # EndOfMessage, ConnectionClosed, PAUSED
+            break
+    return b"".join(parts)[:_MAX_REJECTION_BODY_SIZE]

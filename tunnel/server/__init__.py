@@ -1,0 +1,1 @@
+"""The server kit: WebSocket handler, gunicorn worker, registry, bindings."""
