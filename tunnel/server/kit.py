@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import gevent
+
 from tunnel.config import Settings
 from tunnel.metrics import LiveGauges, Metrics
-from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
+from tunnel.mux.runner import WS_GOING_AWAY, WS_NORMAL, ConnectionEnd, EndKind, SessionRunner
 from tunnel.mux.transport import Transport, TransportError
 from tunnel.protocol import ErrorCode, Role, Session, SessionConfig
 from tunnel.server.kit_session import KitSession, SessionState
@@ -56,6 +58,59 @@ class Kit:
     def fd_accounting(self) -> FdAccounting:
         budget = self.registry.budget
         return FdAccounting(budget.size, budget.available, self.registry.permits_granted())
+
+    # -- steering --------------------------------------------------------------------------------
+
+    def kill_session(self, session_id: str, grace_s: float) -> KitSession | None:
+        """Admin kill (admin-api.md DELETE): GOAWAY(ADMIN_CLOSE, "closed by admin"), stop the
+        session's EXPOSE listeners, drain for at most ``grace_s``, then force-close. Returns the
+        session (already closing is fine: the call is idempotent), or None when unknown.
+        Does not block: the drain runs in the session's group."""
+        kit_session = self.registry.get(session_id)
+        if kit_session is None:
+            return None
+        if kit_session.state is SessionState.CLOSING:
+            return kit_session
+        kit_session.state = SessionState.CLOSING
+        kit_session.admin_killed = True  # never parked, never resumable (wire-protocol §6)
+        kit_session.stop_accepting()
+        self.metrics.goaways_sent_total.labels(code="admin_close").inc()
+        log.info("session kill requested: id=%s grace_s=%.3f", session_id, grace_s)
+        runner = kit_session.runner
+        if runner is not None:
+            runner.spawn(
+                runner.close_gracefully,
+                ErrorCode.ADMIN_CLOSE,
+                "closed by admin",
+                drain_s=grace_s,
+                ws_close_code=WS_NORMAL,
+            )
+        return kit_session
+
+    def shutdown(self, grace_s: float) -> None:
+        """SIGTERM: refuse new sessions, GOAWAY(SHUTDOWN) + close 1001 to every session, let
+        streams drain for up to ``grace_s``, and return once every session has ended."""
+        self.draining = True
+        sessions = list(self.registry)
+        log.info("shutting down: %d session(s), grace %.1f s", len(sessions), grace_s)
+        closers = []
+        for kit_session in sessions:
+            runner = kit_session.runner
+            if runner is None or runner.ended:
+                continue
+            kit_session.state = SessionState.CLOSING
+            kit_session.stop_accepting()
+            self.metrics.goaways_sent_total.labels(code="shutdown").inc()
+            closers.append(
+                runner.spawn(
+                    runner.close_gracefully,
+                    ErrorCode.SHUTDOWN,
+                    "server shutting down",
+                    drain_s=grace_s,
+                    ws_close_code=WS_GOING_AWAY,
+                )
+            )
+        gevent.joinall(closers, timeout=grace_s + 2.0)
 
     # -- serving ---------------------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ class KitSession:
         self.permits_held = 0
         self.rtt_s: float | None = None
         self.close_reason = ""
+        self.admin_killed = False
         self._stream_permits: set[int] = set()  # stream ids whose local socket holds a permit
         self._welcomed = GeventEvent()
         self._open_started: dict[int, float] = {}
