@@ -125,6 +125,7 @@ class Settings:
     built: str | None = None
     handshake_timeout_s: float = 10.0
     send_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0  # dialing a PULL target (HOODY_TUNNEL_CONNECT_TIMEOUT_MS)
     state_dir: str = field(default_factory=_state_dir_from_process_env)
     # gunicorn's graceful_timeout: how long a SIGTERM'd worker drains its sessions.
     graceful_timeout_s: float = 30.0
@@ -236,6 +237,9 @@ _DURATION_SPECS = (
     ),
     _IntSpec(
         "send_timeout_s", "HOODY_TUNNEL_SEND_TIMEOUT_MS", 100, 3_600_000, 1000, " milliseconds"
+    ),
+    _IntSpec(
+        "connect_timeout_s", "HOODY_TUNNEL_CONNECT_TIMEOUT_MS", 100, 600_000, 1000, " milliseconds"
     ),
     _IntSpec("graceful_timeout_s", "HOODY_TUNNEL_GRACEFUL_TIMEOUT_S", 0, 3600, 1, " seconds"),
 )
