@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass, field
 
 from gevent import socket as gsocket
+from gevent.socket import wait_read
 
 from tunnel.protocol import BindKind, BindMode, ErrorCode, UpstreamError
 
@@ -75,6 +76,18 @@ def dial(host: str, port: int, *, timeout_s: float) -> socket.socket:
         ) from exc
     sock.settimeout(None)
     return sock
+
+
+def wait_acceptable(listener: socket.socket) -> None:
+    """Block until a connection waits in ``listener``'s backlog (or the listener is closed).
+
+    Raises:
+        UpstreamError: the listener was closed meanwhile.
+    """
+    try:
+        wait_read(listener.fileno())
+    except (OSError, ValueError) as exc:  # closed: fileno() is -1 or the watcher was cancelled
+        raise UpstreamError(f"listener closed: {exc}") from exc
 
 
 def accept(listener: socket.socket) -> tuple[socket.socket, str]:

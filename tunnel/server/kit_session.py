@@ -350,6 +350,14 @@ class KitSession:
             conn = None
             permit = False
             try:
+                # Take a permit only once a connection is waiting, so an idle listener holds
+                # just its own permit (connectionsGranted counts what is really open).
+                try:
+                    binding_io.wait_acceptable(binding.listener)
+                except UpstreamError:
+                    return  # the listener was closed (unbind, kill, end of session)
+                if binding.closed:
+                    return
                 permit = self.take_permit()
                 if not permit:
                     metrics.fd_permit_exhausted_total.labels(path="expose").inc()

@@ -1,0 +1,199 @@
+"""The kit (create_app under gevent's pywsgi with our handler) and the real TunnelClient in one
+process, over real loopback sockets: byte-exact transfers, stream cleanup, the FD invariant.
+
+Faster and more precise than the e2e tests (they see the kit's objects directly), slower than the
+unit tests. Nothing is monkeypatched: the kit and the client use gevent sockets explicitly, and so
+do these tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIServer
+
+from tests.conftest import scaled_timeout_s
+from tunnel.app import create_app
+from tunnel.client.connector import ClientOptions, TunnelClient
+from tunnel.client.specs import parse_expose, parse_pull
+from tunnel.config import Settings
+from tunnel.server.handler import TunnelWebSocketHandler
+from tunnel.server.kit import Kit
+
+TOKEN = "inprocess-token"
+
+
+@dataclass
+class Harness:
+    kit: Kit
+    url: str
+    echo_port: int
+
+
+def _echo_server() -> tuple[gsocket.socket, int]:
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(256)
+
+    def serve(conn: gsocket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept_loop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            gevent.spawn(serve, conn)
+
+    gevent.spawn(accept_loop)
+    return listener, listener.getsockname()[1]
+
+
+def _settings(tmp_path: Path, **overrides: object) -> Settings:
+    base = Settings.from_env(
+        {
+            "HOODY_TUNNEL_TOKENS": TOKEN,
+            "HOODY_TUNNEL_ADMIN_TOKEN": "admin",
+            "HOODY_TUNNEL_STATE_DIR": str(tmp_path / "state"),
+            "HOODY_TUNNEL_EXPOSE_HOST": "127.0.0.1",
+            "HOODY_TUNNEL_FD_BUDGET": "64",
+        }
+    )
+    return base.replace(**overrides) if overrides else base
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    app = create_app(_settings(tmp_path))
+    server = WSGIServer(("127.0.0.1", 0), app, handler_class=TunnelWebSocketHandler, spawn=Pool(100), log=None)
+    server.start()
+    echo, echo_port = _echo_server()
+    kit: Kit = app.extensions["tunnel"]
+    try:
+        yield Harness(kit, f"ws://127.0.0.1:{server.server_port}", echo_port)
+    finally:
+        server.stop(timeout=scaled_timeout_s(5))
+        echo.close()
+
+
+def _start_client(h: Harness, *, pulls: list[str] = (), exposes: list[str] = (), protocol: str | None = None) -> tuple[TunnelClient, gevent.Greenlet]:
+    client = TunnelClient(
+        ClientOptions(
+            url=h.url,
+            token=TOKEN,
+            protocol=protocol,
+            pulls=[parse_pull(p) for p in pulls],
+            exposes=[parse_expose(e) for e in exposes],
+        ),
+        out=io.StringIO(),
+        err=io.StringIO(),
+    )
+    greenlet = gevent.spawn(client.run)
+    ready = client.ready.wait(scaled_timeout_s(10))
+    assert ready, f"client not ready: {client.err.getvalue()} {greenlet.value if greenlet.dead else ''}"  # type: ignore[attr-defined]
+    return client, greenlet
+
+
+def _stop_client(client: TunnelClient, greenlet: gevent.Greenlet) -> int:
+    client.stop()
+    code = greenlet.get(timeout=scaled_timeout_s(10))
+    assert isinstance(code, int)
+    return code
+
+
+def _wait_for(condition: object, timeout_s: float, what: str) -> None:
+    deadline = gevent.get_hub().loop.now() + scaled_timeout_s(timeout_s)
+    while not condition():  # type: ignore[operator]
+        assert gevent.get_hub().loop.now() < deadline, f"timed out waiting for {what}"
+        gevent.sleep(0.01)
+
+
+def _fd_invariant(kit: Kit) -> None:
+    accounting = kit.fd_accounting()
+    assert accounting.available + accounting.granted == accounting.budget, accounting
+
+
+def _transfer(port: int, payload: bytes) -> bytes:
+    """Send payload to an echo target through the tunnel while reading the echo back."""
+    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(30))
+    received = bytearray()
+
+    def reader() -> None:
+        while data := sock.recv(262144):
+            received.extend(data)
+
+    reading = gevent.spawn(reader)
+    sock.sendall(payload)
+    sock.shutdown(gsocket.SHUT_WR)
+    reading.get(timeout=scaled_timeout_s(60))
+    sock.close()
+    return bytes(received)
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_pull_and_expose_echo_byte_exact_and_resources_released(harness: Harness, protocol: str) -> None:
+    expose_listener = gsocket.socket()
+    expose_listener.bind(("127.0.0.1", 0))
+    container_port = expose_listener.getsockname()[1]
+    expose_listener.close()  # the kit listens there next (same process, no other user)
+    client, greenlet = _start_client(
+        harness, pulls=[f"0:{harness.echo_port}"], exposes=[f"{container_port}:{harness.echo_port}"], protocol=protocol
+    )
+    kit = harness.kit
+    [kit_session] = list(kit.registry)
+    assert kit_session.protocol == f"hoody-tunnel.{protocol}"
+    assert kit_session.permits_held == 2  # the WebSocket and the EXPOSE listener
+    _fd_invariant(kit)
+    pull_port = client._pulls[0].spec.local_port
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    jobs = [gevent.spawn(_transfer, pull_port, payload), gevent.spawn(_transfer, container_port, payload)]
+    for job in jobs:
+        assert hashlib.sha256(job.get(timeout=scaled_timeout_s(60))).digest() == hashlib.sha256(payload).digest()
+    # Both streams finished: their sockets are closed and their permits are back.
+    _wait_for(lambda: kit_session.permits_held == 2 and not kit_session.runner.pumps, 10, "streams to close")
+    assert kit_session.runner.session.statistics().active_streams == 0
+    _fd_invariant(kit)
+    assert _stop_client(client, greenlet) == 0
+    _wait_for(lambda: len(kit.registry) == 0, 10, "the session to end")
+    assert kit.registry.budget.available == kit.registry.budget.size
+
+
+def test_many_concurrent_streams_each_byte_exact(harness: Harness) -> None:
+    client, greenlet = _start_client(harness, pulls=[f"0:{harness.echo_port}"])
+    pull_port = client._pulls[0].spec.local_port
+    payloads = [os.urandom(32 * 1024 + i) for i in range(60)]
+    jobs = [gevent.spawn(_transfer, pull_port, payload) for payload in payloads]
+    gevent.joinall(jobs, timeout=scaled_timeout_s(60), raise_error=True)
+    assert [job.value for job in jobs] == payloads
+    _fd_invariant(harness.kit)
+    assert _stop_client(client, greenlet) == 0
+
+
+def test_pull_to_a_dead_port_resets_the_local_connection_and_frees_the_permit(harness: Harness) -> None:
+    dead = gsocket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there now
+    client, greenlet = _start_client(harness, pulls=[f"0:{dead_port}"])
+    sock = gsocket.create_connection(("127.0.0.1", client._pulls[0].spec.local_port), timeout=scaled_timeout_s(10))
+    sock.settimeout(scaled_timeout_s(10))
+    with pytest.raises(ConnectionResetError):
+        sock.sendall(b"x")
+        assert sock.recv(10) == b""  # an orderly EOF would be wrong: the target is unreachable
+        raise AssertionError("expected a reset")
+    [kit_session] = list(harness.kit.registry)
+    _wait_for(lambda: kit_session.permits_held == 1, 10, "the stream permit to be released")
+    _fd_invariant(harness.kit)
+    assert _stop_client(client, greenlet) == 0
