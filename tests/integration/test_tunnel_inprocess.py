@@ -197,3 +197,37 @@ def test_pull_to_a_dead_port_resets_the_local_connection_and_frees_the_permit(ha
     _wait_for(lambda: kit_session.permits_held == 1, 10, "the stream permit to be released")
     _fd_invariant(harness.kit)
     assert _stop_client(client, greenlet) == 0
+
+
+def test_client_reconnects_as_a_new_session_and_serves_connections_made_meanwhile(harness: Harness) -> None:
+    client, greenlet = _start_client(harness, pulls=[f"0:{harness.echo_port}"])
+    kit = harness.kit
+    [first] = list(kit.registry)
+    pull_port = client._pulls[0].spec.local_port
+    assert _transfer(pull_port, b"before") == b"before"
+    # Drop the WebSocket under the session (no GOAWAY): a network cut, seen from the kit.
+    assert first.runner is not None
+    first.runner.transport.abort()
+    _wait_for(lambda: first.session_id not in {s.session_id for s in kit.registry}, 10, "the old session to end")
+    # A local connection made now waits for the next session instead of being refused.
+    during = gevent.spawn(_transfer, pull_port, b"made during the outage")
+    _wait_for(lambda: len(kit.registry) == 1, 20, "the client to reconnect")
+    assert during.get(timeout=scaled_timeout_s(20)) == b"made during the outage"
+    [second] = list(kit.registry)
+    assert second.session_id != first.session_id
+    assert "reconnected as " + second.session_id in client.out.getvalue()  # type: ignore[attr-defined]
+    _fd_invariant(kit)
+    assert _stop_client(client, greenlet) == 0
+
+
+def test_backoff_is_capped_exponential_with_full_jitter() -> None:
+    import random
+
+    from tunnel.client.connector import BACKOFF_BASE_S, BACKOFF_CAP_S, backoff_delay_s
+
+    rng = random.Random(7)
+    for attempt in range(30):
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)
+        delays = [backoff_delay_s(attempt, rng) for _ in range(200)]
+        assert all(0.0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8  # jitter spans the whole range, not a fixed step

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import random
 import socket
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -38,6 +39,7 @@ from tunnel.protocol import (
     Event,
     GoAwayReceived,
     Hello,
+    LocalProtocolError,
     PongReceived,
     Role,
     Session,
@@ -63,12 +65,25 @@ CLIENT_MAX_FRAME_SIZE = 4 * 1024 * 1024 - 10
 DEFAULT_WINDOW_SIZE = 256 * 1024
 
 
+#: Reconnect backoff: exponential from BACKOFF_BASE_S, capped at BACKOFF_CAP_S, full jitter
+#: (a random delay between 0 and the cap of the attempt), so a fleet of clients that lost the
+#: same kit do not all come back in the same instant.
+BACKOFF_BASE_S = 0.2
+BACKOFF_CAP_S = 10.0
+
+
+def backoff_delay_s(attempt: int, rng: random.Random) -> float:
+    """The delay before reconnect attempt ``attempt`` (0-based)."""
+    return rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(attempt, 16))))
+
+
 class ClientError(Exception):
     """A failure the CLI reports in one line with an exit code."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE, *, fatal: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.fatal = fatal  # no point retrying (a refused token)
 
 
 class Outcome(enum.Enum):
@@ -88,6 +103,7 @@ class ClientOptions:
     connect_timeout_s: float = 10.0
     handshake_timeout_s: float = 10.0
     drain_s: float = 2.0
+    pull_wait_s: float = 30.0  # how long a local PULL connection waits for a (re)connected session
 
 
 @dataclass
@@ -114,30 +130,45 @@ class TunnelClient:
         self._binds: dict[int, AsyncResult[Event | None]] = {}
         self._goaway: GoAwayReceived | None = None
         self._stopping = False
+        self._stop_requested = GeventEvent()
+        self._serving = GeventEvent()  # a session is bound and serving: PULL may open streams
+        self._random = random.Random()
         self.ready = GeventEvent()  # set once bound and serving (tests wait on it)
 
     # -- public --------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until the session ends; returns the exit code."""
+        """Serve until Ctrl-C, an admin kill or a fatal refusal; returns the exit code.
+
+        A lost connection or a server shutdown leads to a new session after a backoff
+        (exponential, full jitter); local PULL listeners stay open throughout.
+        """
         try:
             self._open_local_listeners()
-            runner = self._connect()
-            end_greenlet = gevent.spawn(runner.run)
-            try:
-                self._wait_welcome(end_greenlet)
-                self._bind_all(end_greenlet)
-                self._print_summary()
-                self._start_pull_loops()
-                self.ready.set()
-                end: ConnectionEnd = end_greenlet.get()
-            finally:
-                if not end_greenlet.dead:
-                    # Leaving for any reason (a refused BIND, an error): say so, never just drop.
-                    runner.close_gracefully(ErrorCode.NORMAL, "client closing", drain_s=0.0)
-                    end_greenlet.join(timeout=5)
-                runner.stop()
-            return self._exit_code(end)
+            self._start_pull_loops()
+            first = True
+            attempt = 0
+            while True:
+                try:
+                    end = self._one_session(first=first)
+                except ClientError as exc:
+                    if first or exc.fatal:
+                        self._say(f"hoody-tunnel: {exc}", err=True)
+                        return exc.exit_code
+                    self._say(f"hoody-tunnel: reconnect failed: {exc}", err=True)
+                else:
+                    first = False
+                    attempt = 0
+                    code = self._exit_code(end)
+                    if code is not None:
+                        return code
+                if self._stopping:
+                    return EXIT_OK
+                delay_s = backoff_delay_s(attempt, self._random)
+                attempt += 1
+                self._say(f"hoody-tunnel: reconnecting in {delay_s:.1f} s")
+                if self._stop_requested.wait(delay_s):
+                    return EXIT_OK
         except ClientError as exc:
             self._say(f"hoody-tunnel: {exc}", err=True)
             return exc.exit_code
@@ -145,11 +176,40 @@ class TunnelClient:
             self._close_local_listeners()
             self.group.kill(block=True, timeout=5)
 
+    def _one_session(self, *, first: bool) -> ConnectionEnd:
+        """Connect, handshake, bind, and serve until the connection ends."""
+        self._handshake = AsyncResult()
+        self._binds.clear()
+        self._exposes.clear()
+        self._goaway = None
+        runner = self._connect()
+        end_greenlet = gevent.spawn(runner.run)
+        try:
+            self._wait_welcome(end_greenlet)
+            self._bind_all(end_greenlet)
+            if first:
+                self._print_summary()
+            else:
+                self._say(f"hoody-tunnel: reconnected as {self.session_id} ({self.protocol})")
+            self._serving.set()
+            self.ready.set()
+            end = end_greenlet.get()
+            assert end is not None
+            return end
+        finally:
+            self._serving.clear()
+            if not end_greenlet.dead:
+                # Leaving for any reason (a refused BIND, an error): say so, never just drop.
+                runner.close_gracefully(ErrorCode.NORMAL, "client closing", drain_s=0.0)
+                end_greenlet.join(timeout=5)
+            runner.stop()
+
     def stop(self) -> None:
         """Ctrl-C: GOAWAY(NORMAL), let streams finish briefly, close. Safe from any greenlet."""
         if self._stopping:
             return
         self._stopping = True
+        self._stop_requested.set()
         runner = self.runner
         if runner is None or runner.ended:
             return
@@ -221,7 +281,7 @@ class TunnelClient:
         goaway = self._goaway
         if goaway is not None:
             if goaway.error_code == ErrorCode.AUTH_FAILED:
-                raise ClientError(f"the server refused the token ({goaway.reason})", EXIT_AUTH)
+                raise ClientError(f"the server refused the token ({goaway.reason})", EXIT_AUTH, fatal=True)
             raise ClientError(f"the server refused the session: {_code_text(goaway)}")
         end = end_greenlet.value if end_greenlet.ready() else None
         raise ClientError(f"connection lost during the handshake{_end_text(end)}")
@@ -294,19 +354,26 @@ class TunnelClient:
             self.group.spawn(self._pull_connection, pull, conn, f"{address[0]}:{address[1]}")
 
     def _pull_connection(self, pull: _LocalPull, conn: socket.socket, origin: str) -> None:
-        runner = self.runner
-        assert pull.bind_id is not None
-        # Connections beyond maxStreams wait here for a slot instead of being refused.
-        if runner is None or not runner.wait_stream_slot() or runner.ended or self._goaway is not None:
-            conn.close()
+        """Carry one local connection: wait for a serving session and a free stream slot
+        (beyond maxStreams, or while reconnecting, the connection waits rather than being
+        refused), then open a stream for it."""
+        deadline_s = self.options.pull_wait_s
+        while not self._stopping:
+            if not self._serving.wait(deadline_s):
+                log.info("no session for %s within %.0f s: closing it", origin, deadline_s)
+                break
+            runner = self.runner
+            if runner is None or pull.bind_id is None:
+                break
+            if not runner.wait_stream_slot() or not self._serving.is_set():
+                continue  # the session ended meanwhile: wait for the next one
+            try:
+                pump = runner.open_stream(pull.bind_id, origin)
+            except LocalProtocolError:
+                continue  # GOAWAY raced us: wait for the next session
+            pump.connect(conn)
             return
-        try:
-            pump = runner.open_stream(pull.bind_id, origin)
-        except Exception:  # noqa: BLE001 - boundary: the session refused (GOAWAY raced us)
-            log.debug("could not open a stream for %s", origin, exc_info=True)
-            conn.close()
-            return
-        pump.connect(conn)
+        conn.close()
 
     # -- RunnerDelegate ---------------------------------------------------------------------------
 
@@ -345,6 +412,9 @@ class TunnelClient:
     def stream_finished(self, pump: StreamPump) -> None:
         pass  # the client has no FD budget
 
+    def connection_ended(self, end: ConnectionEnd) -> None:
+        self._serving.clear()  # local PULL connections now wait for the next session
+
     def event_received(self, event: Event) -> None:
         if isinstance(event, WelcomeReceived):
             self.session_id = event.welcome.session_id
@@ -356,6 +426,7 @@ class TunnelClient:
                 result.set(event)
         elif isinstance(event, GoAwayReceived):
             self._goaway = event
+            self._serving.clear()  # no new streams on this session (§6)
             self._handshake.set(Outcome.GOAWAY)
             if event.error_code == ErrorCode.ADMIN_CLOSE:
                 self._say(f"hoody-tunnel: {event.reason or 'closed by admin'}", err=True)
@@ -370,21 +441,25 @@ class TunnelClient:
 
     # -- output ----------------------------------------------------------------------------------
 
-    def _exit_code(self, end: ConnectionEnd) -> int:
+    def _exit_code(self, end: ConnectionEnd) -> int | None:
+        """The exit code once a session ended, or None to reconnect."""
         goaway = self._goaway
-        if self._stopping and (goaway is None or goaway.error_code == ErrorCode.NORMAL):
-            return EXIT_OK
-        if goaway is not None:
-            if goaway.error_code == ErrorCode.ADMIN_CLOSE:
-                return EXIT_ADMIN_CLOSE
-            if goaway.error_code == ErrorCode.AUTH_FAILED:
-                return EXIT_AUTH
-            if goaway.error_code == ErrorCode.NORMAL and self._stopping:
-                return EXIT_OK
         if self._stopping:
             return EXIT_OK
-        self._say(f"hoody-tunnel: connection lost{_end_text(end)}", err=True)
-        return EXIT_FAILURE
+        if goaway is not None:
+            code = goaway.error_code
+            if code == ErrorCode.ADMIN_CLOSE:
+                return EXIT_ADMIN_CLOSE  # the operator meant it: never reconnect (§6)
+            if code == ErrorCode.AUTH_FAILED:
+                return EXIT_AUTH
+            if code == ErrorCode.PROTOCOL_ERROR:
+                self._say(f"hoody-tunnel: the server reported a protocol error: {_code_text(goaway)}", err=True)
+                return EXIT_FAILURE
+            if code == ErrorCode.SHUTDOWN:
+                self._say("hoody-tunnel: the server is shutting down; starting a new session", err=True)
+                return None
+        self._say(f"hoody-tunnel: connection lost{_end_text(end)}; starting a new session", err=True)
+        return None
 
     def _say(self, line: str, *, err: bool = False) -> None:
         stream = self.err if err else self.out

@@ -105,6 +105,9 @@ class RunnerDelegate(Protocol):
     def event_received(self, event: ProtocolEvent) -> None:
         """Every other event (handshake, bindings, GOAWAY, resets, pongs...)."""
 
+    def connection_ended(self, end: ConnectionEnd) -> None:
+        """Called once, synchronously, the moment the connection is declared over."""
+
 
 class SessionRunner:
     """Drives one :class:`Session` over one :class:`Transport`."""
@@ -171,6 +174,7 @@ class SessionRunner:
             return
         self._ended.set(end)
         self.session.connection_lost()
+        self.delegate.connection_ended(end)
         if end.kind is EndKind.DEAD or end.kind is EndKind.SEND_FAILED:
             self.transport.abort()
         elif end.kind is EndKind.PROTOCOL_ERROR:

@@ -23,7 +23,7 @@ from gevent.event import Event as GeventEvent
 
 from tunnel import __version__
 from tunnel.mux.pump import StreamPump
-from tunnel.mux.runner import WS_POLICY_VIOLATION, SessionRunner
+from tunnel.mux.runner import WS_POLICY_VIOLATION, ConnectionEnd, SessionRunner
 from tunnel.protocol import (
     BindAccepted,
     BindKind,
@@ -270,6 +270,9 @@ class KitSession:
         pump.connect(sock)
         self.runner.session.accept_stream(pump.stream_id)
         self.runner.flush()
+
+    def connection_ended(self, end: ConnectionEnd) -> None:
+        pass  # Kit.serve() cleans up once run() returns
 
     def stream_finished(self, pump: StreamPump) -> None:
         if pump.stream_id in self._stream_permits:
