@@ -14,7 +14,7 @@ from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from tunnel.api import KIT_EXTENSION, METRICS_EXTENSION, SETTINGS_EXTENSION
-from tunnel.api import connect, health
+from tunnel.api import bindings, connect, health, openapi, sessions, tunnels
 from tunnel.api import metrics as metrics_api
 from tunnel.api.errors import register_error_handlers
 from tunnel.config import Settings
@@ -56,5 +56,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(connect.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics_api.bp)
+    app.register_blueprint(sessions.bp)
+    app.register_blueprint(bindings.bp)
+    app.register_blueprint(tunnels.bp)
+    app.register_blueprint(openapi.bp)
     register_error_handlers(app)
     return app
