@@ -11,7 +11,7 @@ Receiving rules beyond the per-frame codec rules (wire-protocol.md §2-§6, docs
 * Order: the server's first frame must be HELLO, and a second HELLO is an error. Until it sent
   WELCOME, the server accepts nothing but GOAWAY. The client accepts nothing but WELCOME or
   GOAWAY until WELCOME (and only GOAWAY before it sent HELLO). GOAWAY is accepted in every state
-  but CLOSED.
+  but the server's IDLE (nothing but HELLO comes first).
 * OPEN: the opener's parity (client odd, server even) and strictly increasing ids, else a
   session error. Beyond ``max_streams`` streams opened by the peer and still open, or after we
   sent GOAWAY: RST(REFUSED) and a StreamRefused event.
@@ -54,7 +54,7 @@ from tunnel.protocol.outbox import Outbox
 from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE, validate_bind_values
 from tunnel.protocol.stream import Opener, Stream, StreamEffect, StreamInput, StreamState
 
-__all__ = ["MAX_REASON_SIZE", "SessionCore", "SessionState", "truncate_text"]
+__all__ = ["MAX_REASON_SIZE", "SessionCore", "SessionState", "check_code", "truncate_text"]
 
 #: Longest reason text put in an RST, GOAWAY or BIND_ERR we send (bytes of UTF-8).
 MAX_REASON_SIZE = 1024
@@ -84,7 +84,8 @@ class SessionState(Enum):
 
 
 def truncate_text(text: str, max_size: int = MAX_REASON_SIZE) -> str:
-    """Cut ``text`` so that its UTF-8 encoding fits ``max_size`` bytes (never mid-character).
+    """Make ``text`` sendable: lone surrogates become ``?`` and its UTF-8 encoding is cut to
+    ``max_size`` bytes (never mid-character).
 
     Args:
         text: any text.
@@ -93,10 +94,17 @@ def truncate_text(text: str, max_size: int = MAX_REASON_SIZE) -> str:
     Returns:
         ``text`` or its longest prefix that fits.
     """
-    encoded = text.encode()
+    # "replace": text that quotes the peer may hold lone surrogates (JSON "\ud800" escapes).
+    encoded = text.encode("utf-8", errors="replace")
     if len(encoded) <= max_size:
-        return text
+        return encoded.decode()
     return encoded[:max_size].decode("utf-8", errors="ignore")
+
+
+def check_code(code: int, what: str) -> None:
+    """Raise LocalProtocolError unless ``code`` fits the u16 error code field (internal)."""
+    if not isinstance(code, int) or not 0 <= code <= 0xFFFF:
+        raise LocalProtocolError(f"{what}: error code must be a u16, got {code!r}")
 
 
 class SessionCore:
@@ -193,6 +201,61 @@ class SessionCore:
         self._outbox.queue_control(GoAwayFrame(exc.error_code, truncate_text(str(exc))))
         self.goaway_sent = exc.error_code
 
+    # -- queries --------------------------------------------------------------------------------
+
+    def stream_ids(self) -> list[int]:
+        """Ids of the streams not CLOSED, in opening order.
+
+        Returns:
+            The ids.
+        """
+        return list(self._streams)
+
+    def is_open(self, stream_id: int) -> bool:
+        """Tell whether a stream exists and is not CLOSED.
+
+        Args:
+            stream_id: the stream.
+
+        Returns:
+            True for a live stream.
+        """
+        return stream_id in self._streams
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        """The state of a stream.
+
+        Args:
+            stream_id: the stream.
+
+        Returns:
+            Its :class:`~tunnel.protocol.stream.StreamState`; CLOSED when unknown.
+        """
+        stream = self._streams.get(stream_id)
+        return StreamState.CLOSED if stream is None else stream.state
+
+    def stream_bind_id(self, stream_id: int) -> int | None:
+        """The binding a live stream belongs to.
+
+        Args:
+            stream_id: the stream.
+
+        Returns:
+            Its bind id, or None for an unknown or closed stream.
+        """
+        stream = self._streams.get(stream_id)
+        return None if stream is None else stream.bind_id
+
+    def _live_stream(self, stream_id: int, what: str) -> Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(
+                f"{what}: stream {stream_id} is not open",
+                ErrorCode.STREAM_CLOSED,
+                stream_id=stream_id,
+            )
+        return stream
+
     # -- received frames --------------------------------------------------------------------------
 
     def _check_allowed(self, frame_type: FrameType) -> None:
@@ -208,8 +271,8 @@ class SessionCore:
             if frame_type is FrameType.WELCOME:
                 raise RemoteProtocolError("second WELCOME")
             return
-        if frame_type is FrameType.GOAWAY:  # e.g. AUTH_FAILED instead of WELCOME
-            return
+        if frame_type is FrameType.GOAWAY and (not server or state is not SessionState.IDLE):
+            return  # e.g. AUTH_FAILED instead of WELCOME
         if state is SessionState.IDLE:
             if server and frame_type is FrameType.HELLO:
                 return
@@ -378,7 +441,8 @@ class SessionCore:
         checked = validate_bind_values(frame.req_id, frame.kind, frame.port, frame.mode)
         if isinstance(checked, str):
             code = ErrorCode.PROTOCOL_ERROR
-            self._outbox.queue_control(BindErrFrame(frame.req_id, code, checked))
-            self._events.append(ev.BindRejected(frame.req_id, code, checked))
+            error = truncate_text(checked)
+            self._outbox.queue_control(BindErrFrame(frame.req_id, code, error))
+            self._events.append(ev.BindRejected(frame.req_id, code, error))
         else:
             self._events.append(ev.BindRequested(checked))

@@ -124,4 +124,13 @@ class RemoteProtocolError(ProtocolError):
 
 
 class UpstreamError(TunnelError):
-    """Dialing or pumping a tunnel target failed (server/ raises it ``from`` the OSError)."""
+    """Dialing or pumping a tunnel target failed (server/ raises it ``from`` the OSError).
+
+    Args:
+        message: for humans; names the address and the OS reason.
+        error_code: the wire code to answer with (RST or BIND_ERR); CONNECT_FAILED by default.
+    """
+
+    def __init__(self, message: str, *, error_code: ErrorCode = ErrorCode.CONNECT_FAILED) -> None:
+        super().__init__(message)
+        self.error_code = error_code

@@ -294,7 +294,7 @@ def _code_and_text(code: int, text: str) -> bytes:
     return b"".join((_U16.pack(code), text.encode()))
 
 
-def frame_parts(frame: Frame) -> tuple[bytes, bytes | memoryview]:
+def _frame_parts(frame: Frame) -> tuple[bytes, bytes | memoryview]:
     """Encode a frame as ``(header, payload)`` without joining them (internal; the outbox packs
     several frames into one message with a single join).
 
@@ -363,7 +363,7 @@ def encode_frame(frame: Frame) -> bytes:
         LocalProtocolError: a value does not fit its wire field (e.g. a stream id above 2^32-1,
             a control frame given a stream id, a PING payload that is not 8 bytes).
     """
-    return b"".join(frame_parts(frame))
+    return b"".join(_frame_parts(frame))
 
 
 def encode_message(frames: Iterable[Frame]) -> bytes:
@@ -380,17 +380,17 @@ def encode_message(frames: Iterable[Frame]) -> bytes:
     """
     parts: list[bytes | memoryview] = []
     for frame in frames:
-        parts.extend(frame_parts(frame))
+        parts.extend(_frame_parts(frame))
     return b"".join(parts)
 
 
 # -- decoding -----------------------------------------------------------------------------------
 
 
-def check_header(
+def _check_header(
     type_byte: int, flags: int, stream_id: int, length: int, max_frame_size: int
 ) -> FrameType:
-    """Validate a frame header before its payload is looked at (internal).
+    """Validate a frame header before its payload is looked at.
 
     Raises:
         RemoteProtocolError: unknown type or flags, wrong stream id for the type, or a payload
@@ -420,10 +420,10 @@ def _text(payload: memoryview, what: str) -> str:
         raise RemoteProtocolError(f"{what}: text is not valid UTF-8") from None
 
 
-def parse_payload(
+def _parse_payload(
     frame_type: FrameType, flags: int, stream_id: int, payload: memoryview, version: int
 ) -> Frame:
-    """Build the frame for a checked header and its complete payload (internal).
+    """Build the frame for a checked header and its complete payload.
 
     Raises:
         RemoteProtocolError: the payload has the wrong shape for its type.
@@ -520,13 +520,13 @@ def decode_message(
                 f"truncated frame header: {total - pos} of {HEADER_SIZE} bytes"
             )
         type_byte, flags, stream_id, length = HEADER.unpack_from(view, pos)
-        frame_type = check_header(type_byte, flags, stream_id, length, max_frame_size)
+        frame_type = _check_header(type_byte, flags, stream_id, length, max_frame_size)
         pos += HEADER_SIZE
         if total - pos < length:
             raise RemoteProtocolError(
                 f"truncated {frame_type.name} frame: {total - pos} of {length} payload bytes"
             )
-        frames.append(parse_payload(frame_type, flags, stream_id, view[pos : pos + length], version))
+        frames.append(_parse_payload(frame_type, flags, stream_id, view[pos : pos + length], version))
         pos += length
     return frames
 
@@ -580,7 +580,7 @@ class FrameDecoder:
                     if len(buf) - pos < HEADER_SIZE:
                         break
                     type_byte, flags, stream_id, length = HEADER.unpack_from(buf, pos)
-                    frame_type = check_header(
+                    frame_type = _check_header(
                         type_byte, flags, stream_id, length, self.max_frame_size
                     )
                     self._header = (frame_type, flags, stream_id, length)
@@ -595,7 +595,7 @@ class FrameDecoder:
                     frames.append(DataFrame(stream_id, payload, bool(flags)))
                 else:
                     frames.append(
-                        parse_payload(frame_type, flags, stream_id, memoryview(payload), self.version)
+                        _parse_payload(frame_type, flags, stream_id, memoryview(payload), self.version)
                     )
         except RemoteProtocolError as exc:
             self._error = exc

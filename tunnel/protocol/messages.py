@@ -10,11 +10,15 @@ from enum import Enum
 
 
 class BindKind(str, Enum):
+    """What a binding does: EXPOSE (server listens, opens streams) or PULL (client opens)."""
+
     EXPOSE = "EXPOSE"
     PULL = "PULL"
 
 
 class BindMode(str, Enum):
+    """How a binding forwards: ``tcp`` (bytes as they are) or ``http`` (behaves as tcp for now)."""
+
     TCP = "tcp"
     HTTP = "http"
 
@@ -30,6 +34,8 @@ class StreamOffsets:
 
 @dataclass(frozen=True, slots=True)
 class ResumeRequest:
+    """The ``resume`` object of a v2 HELLO (wire-protocol.md §7)."""
+
     session_id: str
     resume_token: str
     received: dict[int, StreamOffsets] = field(default_factory=dict)
@@ -37,6 +43,8 @@ class ResumeRequest:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
+    """HELLO: the client's credential, name, per-stream window and optional resume."""
+
     token: str
     client: str
     window: int | None = None  # None: the peer's default (256 KiB)
@@ -45,6 +53,8 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
+    """WELCOME: the session's id and the server's limits (wire-protocol.md §3)."""
+
     session_id: str
     protocol: str
     resumed: bool
@@ -60,6 +70,8 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class BindRequest:
+    """A BIND whose values are valid (kind, port 1-65535, mode)."""
+
     req_id: int
     kind: BindKind
     port: int
@@ -68,6 +80,8 @@ class BindRequest:
 
 @dataclass(frozen=True, slots=True)
 class BindResult:
+    """BIND_OK: the binding ``bind_id`` created for request ``req_id``."""
+
     req_id: int
     bind_id: int
     kind: BindKind

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tunnel.protocol.config import Role
-from tunnel.protocol.core import SessionCore, SessionState, truncate_text
+from tunnel.protocol.core import SessionCore, SessionState, check_code, truncate_text
 from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from tunnel.protocol.events import ConnectionDead, Event
 from tunnel.protocol.frames import (
@@ -41,7 +41,6 @@ from tunnel.protocol.frames import (
     OpenFrame,
     OpenOkFrame,
     PingFrame,
-    RstFrame,
     UnbindFrame,
     WelcomeFrame,
     WindowFrame,
@@ -49,11 +48,10 @@ from tunnel.protocol.frames import (
 )
 from tunnel.protocol.messages import BindRequest, BindResult, Hello, Welcome
 from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE
-from tunnel.protocol.stream import Opener, Stream, StreamInput, StreamState
+from tunnel.protocol.stream import Opener, StreamInput
 
 __all__ = ["Session", "SessionState", "SessionStatistics"]
 
-_U16_MAX = 0xFFFF
 _U32_MAX = 0xFFFFFFFF
 
 
@@ -90,11 +88,6 @@ class SessionStatistics:
     rtt_s: float | None
     goaway_sent: int | None
     goaway_received: int | None
-
-
-def _check_code(code: int, what: str) -> None:
-    if not isinstance(code, int) or not 0 <= code <= _U16_MAX:
-        raise LocalProtocolError(f"{what}: error code must be a u16, got {code!r}")
 
 
 class Session(SessionCore):
@@ -322,7 +315,7 @@ class Session(SessionCore):
         self._require(
             "send_bind_error", role=Role.SERVER, states=(SessionState.OPEN, SessionState.DRAINING)
         )
-        _check_code(code, "send_bind_error")
+        check_code(code, "send_bind_error")
         self._outbox.queue_control(BindErrFrame(req_id, code, truncate_text(error)))
 
     def send_unbind(self, bind_id: int) -> None:
@@ -401,15 +394,17 @@ class Session(SessionCore):
         """Accept a stream the peer opened (StreamOpened): queue OPEN_OK.
 
         Args:
-            stream_id: the stream.
+            stream_id: the stream. Unknown or closed (e.g. the peer reset it while the driver
+                was connecting: the StreamReset may even come in the same batch of events as
+                the StreamOpened): nothing happens.
 
         Raises:
-            LocalProtocolError: ``STREAM_CLOSED`` when the stream is unknown or closed (e.g.
-                the peer reset it meanwhile: check :meth:`is_open` first); ``PROTOCOL_ERROR``
-                when it cannot be accepted (we opened it, or it was accepted already); the
-                stream is then reset with RST(PROTOCOL_ERROR).
+            LocalProtocolError: the stream cannot be accepted (we opened it, or it was accepted
+                already); the stream is then reset with RST(PROTOCOL_ERROR).
         """
-        stream = self._live_stream(stream_id, "accept_stream")
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
         self._process_local(stream, StreamInput.SEND_OPEN_OK)
         self._outbox.queue_control(OpenOkFrame(stream_id))
 
@@ -508,56 +503,13 @@ class Session(SessionCore):
         Raises:
             LocalProtocolError: ``code`` is not a u16.
         """
-        _check_code(code, "reset_stream")
+        check_code(code, "reset_stream")
         stream = self._streams.get(stream_id)
         if stream is None:
             return
         self._process_local(stream, StreamInput.SEND_RST)
         self._queue_rst(stream_id, code, reason)
         self._forget(stream)
-
-    def stream_ids(self) -> list[int]:
-        """Ids of the streams not CLOSED, in opening order.
-
-        Returns:
-            The ids.
-        """
-        return list(self._streams)
-
-    def is_open(self, stream_id: int) -> bool:
-        """Tell whether a stream exists and is not CLOSED.
-
-        Args:
-            stream_id: the stream.
-
-        Returns:
-            True for a live stream.
-        """
-        return stream_id in self._streams
-
-    def stream_state(self, stream_id: int) -> StreamState:
-        """The state of a stream.
-
-        Args:
-            stream_id: the stream.
-
-        Returns:
-            Its :class:`~tunnel.protocol.stream.StreamState`; CLOSED when unknown.
-        """
-        stream = self._streams.get(stream_id)
-        return StreamState.CLOSED if stream is None else stream.state
-
-    def stream_bind_id(self, stream_id: int) -> int | None:
-        """The binding a live stream belongs to.
-
-        Args:
-            stream_id: the stream.
-
-        Returns:
-            Its bind id, or None for an unknown or closed stream.
-        """
-        stream = self._streams.get(stream_id)
-        return None if stream is None else stream.bind_id
 
     # -- liveness and shutdown --------------------------------------------------------------------
 
@@ -590,7 +542,7 @@ class Session(SessionCore):
         Raises:
             LocalProtocolError: ``code`` is not a u16, or a client that has not sent HELLO.
         """
-        _check_code(code, "send_goaway")
+        check_code(code, "send_goaway")
         if self.state is SessionState.CLOSED:
             return
         if self.role is Role.CLIENT and self.state is SessionState.IDLE:
@@ -624,13 +576,3 @@ class Session(SessionCore):
             goaway_sent=self.goaway_sent,
             goaway_received=self.goaway_received,
         )
-
-    def _live_stream(self, stream_id: int, what: str) -> Stream:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            raise LocalProtocolError(
-                f"{what}: stream {stream_id} is not open",
-                ErrorCode.STREAM_CLOSED,
-                stream_id=stream_id,
-            )
-        return stream

@@ -342,7 +342,7 @@ def test_encode_rejects_values_that_do_not_fit(frame: Frame) -> None:
 
 
 def test_flags_enum() -> None:
-    assert Flags.FIN == 1 and FrameType.GOAWAY == 0x30
+    assert int(Flags.FIN) == 1 and int(FrameType.GOAWAY) == 0x30
 
 
 # -- Hypothesis ------------------------------------------------------------------------------------
