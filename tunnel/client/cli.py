@@ -19,6 +19,7 @@ from tunnel.client.connector import (
     ClientOptions,
     TunnelClient,
 )
+from tunnel.client import admin_cli
 from tunnel.client.specs import SpecError, parse_expose, parse_pull
 from tunnel.credentials import load_local_credentials, default_state_dir
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("serve", parents=[common], help="start the kit server (gunicorn, as the Procfile does)")
+    admin_cli.add_commands(commands, common)
     return parser
 
 
@@ -83,6 +85,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(err)
+    if args.command in admin_cli.COMMANDS:
+        return admin_cli.run(args, out, err)
     return _connect(args, out, err)
 
 
