@@ -179,9 +179,10 @@ class _EchoConn:
 
 @dataclass(frozen=True)
 class EchoResult:
-    wall_s: float
+    wall_s: float  # until every connection finished, failed or hit the deadline
     errors: int
     first_error: str | None
+    ok_wall_s: float | None  # until the last successful connection finished
 
 
 def concurrent_echo(ep: Endpoint, conns: int, size_bytes: int, limits: Limits) -> EchoResult:
@@ -197,6 +198,7 @@ def concurrent_echo(ep: Endpoint, conns: int, size_bytes: int, limits: Limits) -
     started = time.perf_counter()
     deadline = started + limits.test_timeout_s
     last_done = started
+    last_ok = None
     try:
         for i in range(conns):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -225,6 +227,8 @@ def concurrent_echo(ep: Endpoint, conns: int, size_bytes: int, limits: Limits) -
                 if finished:
                     pending -= 1
                     last_done = time.perf_counter()
+                    if state.error is None:
+                        last_ok = last_done
         if pending:
             last_done = time.perf_counter()
     finally:
@@ -242,7 +246,8 @@ def concurrent_echo(ep: Endpoint, conns: int, size_bytes: int, limits: Limits) -
     errors = [s for s in states if s.error is not None]
     first = f"conn {errors[0].index}: {errors[0].error}" if errors else None
     # Every connection counts: one that never finished holds the wall time to the deadline.
-    return EchoResult(last_done - started, len(errors), first)
+    return EchoResult(last_done - started, len(errors), first,
+                      None if last_ok is None else last_ok - started)
 
 
 def _echo_step(sel: selectors.BaseSelector, state: _EchoConn, mask: int) -> bool:

@@ -32,6 +32,7 @@ class PathResult:
     echo_s: float | None = None
     echo_errors: int | None = None
     echo_first_error: str | None = None
+    echo_ok_s: float | None = None  # when the last successful echo connection finished
     setups_per_s: float | None = None
     setups_count: int | None = None
     setups_errors: int | None = None
@@ -93,7 +94,10 @@ def format_table(report: Report) -> str:
             elif key == "echo_s":
                 cell = f"{fmt.format(value)} ({result.echo_errors})"
                 if result.echo_errors and result.echo_first_error:
-                    cell += note(f"{name} echo: {result.echo_errors} errors; first: "
+                    ok = conns - result.echo_errors
+                    done = f" ({ok} ok, the last after {result.echo_ok_s:.2f} s)" \
+                        if result.echo_ok_s is not None else ""
+                    cell += note(f"{name} echo: {result.echo_errors} errors{done}; first: "
                                  f"{_short(result.echo_first_error)}")
                 cells.append(cell)
             elif key == "setups_per_s" and result.setups_errors:

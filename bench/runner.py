@@ -147,6 +147,7 @@ def measure_path(result: PathResult, ep: Endpoint, cfg: Config,
     def do_echo() -> None:
         echo = concurrent_echo(ep, cfg.conns, cfg.echo_kib * 1024, limits)
         result.echo_s, result.echo_errors, result.echo_first_error = echo.wall_s, echo.errors, echo.first_error
+        result.echo_ok_s = echo.ok_wall_s
         log(f"{name}: {cfg.conns} x {cfg.echo_kib} KiB echo: {echo.wall_s:.2f} s, {echo.errors} errors"
             + (f" (first: {echo.first_error})" if echo.first_error else ""))
 
