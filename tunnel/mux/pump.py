@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 #: Largest single recv from a local socket. Bigger reads amortise per-frame Python overhead;
 #: credit (one window) caps it anyway.
 MAX_READ_SIZE = 256 * 1024
+MIN_READ_SIZE = 16 * 1024
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -71,6 +72,10 @@ class StreamPump:
         self._greenlets: list[gevent.Greenlet[..., object]] = []
         self.bytes_to_local = 0
         self.bytes_from_local = 0
+        # Read at most a quarter of the peer's window at a time: the credit then comes back in
+        # pieces while the rest is in flight (pipelining) instead of stop-and-wait per window.
+        peer_window = runner.session.peer_window_size or MAX_READ_SIZE
+        self._read_size = max(MIN_READ_SIZE, min(MAX_READ_SIZE, peer_window // 4))
 
     # -- called by the runner's reader greenlet: never blocks --------------------------------
 
@@ -150,7 +155,7 @@ class StreamPump:
                     self._credit_changed.wait()
                 continue
             try:
-                data = sock.recv(min(credit, MAX_READ_SIZE))
+                data = sock.recv(min(credit, self._read_size))
             except OSError as exc:
                 self._local_failed("read", exc)
                 return
@@ -194,7 +199,7 @@ class StreamPump:
                 return
             size = len(chunk)
             self.bytes_to_local += size
-            self.runner.acknowledge_data(self.stream_id, size)
+            self.runner.acknowledge_data(self.stream_id, size, drained=not inbound)
 
     def _local_failed(self, what: str, exc: OSError) -> None:
         if self._finished:

@@ -362,9 +362,9 @@ class SessionRunner:
         self.session.send_data(stream_id, data, end_stream=end_stream)
         self._wake_writer.set()
 
-    def acknowledge_data(self, stream_id: int, size: int) -> None:
+    def acknowledge_data(self, stream_id: int, size: int, *, drained: bool = False) -> None:
         session = self.session
-        session.acknowledge_data(stream_id, size)
+        session.acknowledge_data(stream_id, size, drained=drained)
         if session.has_data_to_send():
             self._wake_writer.set()
 

@@ -132,17 +132,21 @@ class Window:
             )
         self.received_bytes += size
 
-    def acknowledge(self, size: int, *, announce: bool = True) -> int:
+    def acknowledge(self, size: int, *, announce: bool = True, drained: bool = False) -> int:
         """Account for ``size`` received bytes written to the local socket.
 
         Args:
             size: bytes written (>= 0, at most :attr:`unacknowledged_bytes`).
             announce: False when no WINDOW may be sent any more (the peer already sent FIN);
                 the bytes are still counted as consumed.
+            drained: the driver has written everything it held for this stream. A WINDOW is
+                then due from a quarter of the window on, so a sender that is faster than our
+                threshold is not left waiting while we sit idle (wire-protocol §5: "or the
+                buffer has drained").
 
         Returns:
             The increment of the WINDOW to send now, or 0 when none is due yet (less than half
-            the window acknowledged since the last one).
+            the window acknowledged since the last one, or less than a quarter when drained).
 
         Raises:
             LocalProtocolError: ``size`` negative or above the unacknowledged bytes.
@@ -153,7 +157,8 @@ class Window:
             )
         self.consumed_bytes += size
         self._unannounced += size
-        if not announce or self._unannounced * 2 < self.receive_window:
+        threshold_size = self.receive_window // 4 if drained else self.receive_window // 2
+        if not announce or self._unannounced < max(threshold_size, 1):
             return 0
         increment, self._unannounced = self._unannounced, 0
         self._granted += increment

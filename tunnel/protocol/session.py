@@ -471,15 +471,16 @@ class Session(SessionCore):
             return 0
         return stream.window.send_credit
 
-    def acknowledge_data(self, stream_id: int, size: int) -> None:
+    def acknowledge_data(self, stream_id: int, size: int, *, drained: bool = False) -> None:
         """Report ``size`` received bytes of a stream written to the local socket.
 
         May queue a WINDOW: once at least half our window has been acknowledged since the last
-        one, and only while the peer may still send on the stream.
+        one (a quarter when ``drained``), and only while the peer may still send on the stream.
 
         Args:
             stream_id: the stream; unknown or closed: nothing happens.
             size: bytes written (at most what was received and not yet acknowledged).
+            drained: nothing more of this stream is waiting to be written locally.
 
         Raises:
             LocalProtocolError: ``size`` negative or more than the unacknowledged bytes.
@@ -487,7 +488,7 @@ class Session(SessionCore):
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        increment = stream.window.acknowledge(size, announce=stream.remote_open)
+        increment = stream.window.acknowledge(size, announce=stream.remote_open, drained=drained)
         if increment:
             self._process_local(stream, StreamInput.SEND_WINDOW)
             self._outbox.queue_control(WindowFrame(stream_id, increment))

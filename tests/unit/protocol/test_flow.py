@@ -145,3 +145,20 @@ class WindowMachine(RuleBasedStateMachine):
 
 WindowMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestWindowMachine = WindowMachine.TestCase
+
+
+def test_window_increment_from_a_quarter_once_drained() -> None:
+    window = Window(send_credit=1024, receive_window=1024)
+    window.record_received(255)
+    assert window.acknowledge(255, drained=True) == 0  # under a quarter: nothing yet
+    window.record_received(1)
+    assert window.acknowledge(1, drained=False) == 0  # a quarter, but more is still queued
+    window.record_received(1)
+    assert window.acknowledge(1, drained=True) == 257  # drained with >= a quarter: announce all
+    assert window.receive_credit == 1024
+
+
+def test_no_increment_when_drained_after_the_peer_finished() -> None:
+    window = Window(send_credit=1024, receive_window=1024)
+    window.record_received(600)
+    assert window.acknowledge(600, announce=False, drained=True) == 0
