@@ -52,6 +52,7 @@ from tunnel.protocol.heartbeat import Heartbeat
 from tunnel.protocol.messages import Hello, Welcome
 from tunnel.protocol.outbox import Outbox
 from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE, validate_bind_values
+from tunnel.protocol.replay import MAX_CLOSED_RECORDS
 from tunnel.protocol.stream import Opener, Stream, StreamEffect, StreamInput, StreamState
 
 __all__ = ["MAX_REASON_SIZE", "SessionCore", "SessionState", "check_code", "truncate_text"]
@@ -72,6 +73,8 @@ class SessionState(Enum):
         CLIENT: IDLE --send_hello--> HELLO_SENT --WELCOME--> OPEN
         SERVER: IDLE --HELLO--> HELLO_RECEIVED --send_welcome--> OPEN
         OPEN --GOAWAY sent or received--> DRAINING (existing streams go on, no new ones)
+        OPEN --detach (v2, WebSocket lost)--> DETACHED --resume--> OPEN
+        client: DETACHED --send_resume--> RESUMING --WELCOME(resumed)--> OPEN
         any --protocol error, connection_lost, GOAWAY before OPEN--> CLOSED
     """
 
@@ -80,6 +83,8 @@ class SessionState(Enum):
     HELLO_RECEIVED = "hello_received"
     OPEN = "open"
     DRAINING = "draining"
+    DETACHED = "detached"  # v2: the WebSocket is gone, the streams wait for a resume
+    RESUMING = "resuming"  # client: HELLO.resume sent on a new WebSocket
     CLOSED = "closed"
 
 
@@ -137,6 +142,15 @@ class SessionCore:
         self._events: list[ev.Event] = []
         self._outbox = Outbox(version=config.version, max_message_size=config.max_message_size)
         self._streams: dict[int, Stream] = {}
+        #: v2: closed streams remembered for a resume (replay.py), oldest first.
+        self._closed: dict[int, Stream] = {}
+        self._bytes_retransmitted = 0
+        #: Streams of ours to open again after a resume, once the DATA queued before is out.
+        self._pending_reopens: list[Stream] = []
+        #: Server: the client has sent something since our last WELCOME, so it has that
+        #: WELCOME (and its resume token). Until then the previous token must still work:
+        #: a WELCOME lost in a cut would otherwise leave the client with a dead token.
+        self.welcome_acknowledged = False
         self._open_counts = {Opener.LOCAL: 0, Opener.REMOTE: 0}
         self._heartbeat = Heartbeat(config.heartbeat_interval_s)
         # Client streams are odd, server streams even (wire-protocol.md §2).
@@ -156,7 +170,7 @@ class SessionCore:
         window = Window(
             send_credit=self.peer_window_size, receive_window=self.config.receive_window_size
         )
-        stream = Stream(stream_id, bind_id, opener, window, origin)
+        stream = Stream(stream_id, bind_id, opener, window, origin, keep_replay=self.version >= 2)
         self._streams[stream_id] = stream
         self._open_counts[opener] += 1
         return stream
@@ -165,10 +179,29 @@ class SessionCore:
         stream.machine.state = StreamState.CLOSED
         if self._streams.pop(stream.stream_id, None) is not None:
             self._open_counts[stream.opener] -= 1
+            self._remember_closed(stream)
+
+    def _remember_closed(self, stream: Stream) -> None:
+        """v2: keep a closed stream's ledger for a resume (bounded; see replay.py)."""
+        if self.version < 2:
+            return
+        self._closed[stream.stream_id] = stream
+        while len(self._closed) > MAX_CLOSED_RECORDS:
+            del self._closed[next(iter(self._closed))]
+
+    @property
+    def attached(self) -> bool:
+        """False while DETACHED or RESUMING: frames then only go into the ledgers (resume.py)."""
+        return self.state is not SessionState.DETACHED and self.state is not SessionState.RESUMING
 
     def _queue_rst(self, stream_id: int, code: int, reason: str) -> None:
         self._outbox.drop_stream(stream_id)
-        self._outbox.queue_control(RstFrame(stream_id, code, truncate_text(reason)))
+        reason = truncate_text(reason)
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.ledger.reset_sent = (code, reason)  # sent again at a resume if lost
+        if self.attached:
+            self._outbox.queue_control(RstFrame(stream_id, code, reason))
 
     def _process_local(self, stream: Stream, stream_input: StreamInput) -> StreamEffect | None:
         """Apply one of our commands to a stream; on a table miss reset it and re-raise."""
@@ -279,7 +312,7 @@ class SessionCore:
             if server:
                 raise RemoteProtocolError(f"expected HELLO as the first frame, got {name}")
             raise RemoteProtocolError(f"{name} before the client sent HELLO")
-        if state is SessionState.HELLO_SENT and frame_type is FrameType.WELCOME:
+        if state in (SessionState.HELLO_SENT, SessionState.RESUMING) and frame_type is FrameType.WELCOME:
             return
         if frame_type is FrameType.HELLO:
             raise RemoteProtocolError("second HELLO")
@@ -339,6 +372,7 @@ class SessionCore:
             self._unknown_stream(stream_id, FrameType.DATA)
             return
         size = len(frame.data)
+        stream.ledger.answered = True
         try:
             # The state first: DATA after FIN is STREAM_CLOSED whatever its size.
             stream.process(StreamInput.RECV_FIN if frame.end_stream else StreamInput.RECV_DATA)
@@ -347,6 +381,8 @@ class SessionCore:
             self._reset_by_us(stream, exc)
             return
         self._data_bytes_received += size
+        if frame.end_stream:
+            stream.ledger.fin_received = True
         if size:
             self._events.append(ev.DataReceived(stream_id, frame.data))
         if frame.end_stream:
@@ -357,6 +393,10 @@ class SessionCore:
     def _on_window(self, frame: WindowFrame) -> None:
         stream = self._streams.get(frame.stream_id)
         if stream is None:
+            closed = self._closed.get(frame.stream_id)
+            if closed is not None:  # credit for bytes of a stream we closed: they arrived
+                closed.ledger.credited(frame.increment)
+                return
             self._unknown_stream(frame.stream_id, FrameType.WINDOW)
             return
         try:
@@ -365,6 +405,7 @@ class SessionCore:
         except RemoteProtocolError as exc:
             self._reset_by_us(stream, exc)
             return
+        stream.ledger.credited(frame.increment)
         self._events.append(ev.WindowUpdated(frame.stream_id, frame.increment))
 
     def _on_open_ok(self, frame: OpenOkFrame) -> None:
@@ -372,6 +413,9 @@ class SessionCore:
         if stream is None:
             self._unknown_stream(frame.stream_id, FrameType.OPEN_OK)
             return
+        if stream.ledger.resumed and not stream.machine.allows(StreamInput.RECV_OPEN_OK):
+            return  # resent at a resume in case it was lost: we had it already
+        stream.ledger.answered = True
         try:
             stream.process(StreamInput.RECV_OPEN_OK)
         except RemoteProtocolError as exc:
@@ -383,6 +427,8 @@ class SessionCore:
         stream = self._streams.get(frame.stream_id)
         if stream is None:
             return  # never answer an RST with an RST
+        stream.ledger.reset_received = True
+        stream.ledger.answered = True
         stream.process(StreamInput.RECV_RST)  # listed for every live state
         self._outbox.drop_stream(frame.stream_id)
         self._forget(stream)
@@ -411,6 +457,11 @@ class SessionCore:
 
     def _refuse(self, frame: OpenFrame, reason: str) -> None:
         self._queue_rst(frame.stream_id, ErrorCode.REFUSED, reason)
+        if self.version >= 2:  # remembered, so a refusal lost in a cut is sent again
+            record = Stream(frame.stream_id, frame.bind_id, Opener.REMOTE, Window(send_credit=0, receive_window=self.config.receive_window_size))
+            record.machine.state = StreamState.CLOSED
+            record.ledger.reset_sent = (ErrorCode.REFUSED, truncate_text(reason))
+            self._remember_closed(record)
         self._streams_refused += 1
         self._events.append(ev.StreamRefused(frame.stream_id, frame.bind_id, ErrorCode.REFUSED))
 
@@ -423,7 +474,13 @@ class SessionCore:
             self._close_streams()
             self.state = SessionState.CLOSED
 
+    def _on_resumed_welcome(self, welcome: Welcome) -> None:
+        raise NotImplementedError  # ResumableSession
+
     def _on_welcome(self, welcome: Welcome) -> None:
+        if self.state is SessionState.RESUMING:
+            self._on_resumed_welcome(welcome)
+            return
         if welcome.protocol != self.config.subprotocol:
             raise RemoteProtocolError(
                 f"WELCOME protocol {welcome.protocol!r} is not the negotiated "

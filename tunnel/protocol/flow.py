@@ -38,6 +38,7 @@ class Window:
     """
 
     __slots__ = (
+        "_consumed_in_map",
         "_granted",
         "_send_credit",
         "_unannounced",
@@ -55,6 +56,7 @@ class Window:
         self.receive_window = receive_window
         self._send_credit = send_credit
         self._granted = receive_window  # total credit ever granted to the peer
+        self._consumed_in_map = 0
         self._unannounced = 0  # acknowledged since the last WINDOW we emitted
         self.sent_bytes = 0
         self.received_bytes = 0
@@ -131,6 +133,18 @@ class Window:
                 ErrorCode.FLOW_CONTROL_ERROR,
             )
         self.received_bytes += size
+
+    def mark_consumed_announced(self) -> None:
+        """Remember the consumed count just told to the peer in a resume map."""
+        self._consumed_in_map = self.consumed_bytes
+
+    def restart(self, *, send_credit: int) -> None:
+        """After a resume: the send credit the peer's map implies, and a receive window that
+        restarts from the consumed count we announced in our own map (bytes consumed since
+        then are still to be announced by WINDOW)."""
+        self._send_credit = max(0, min(send_credit, MAX_CREDIT))
+        self._granted = self.receive_window + self._consumed_in_map
+        self._unannounced = self.consumed_bytes - self._consumed_in_map
 
     def acknowledge(self, size: int, *, announce: bool = True, drained: bool = False) -> int:
         """Account for ``size`` received bytes written to the local socket.

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from tunnel.protocol.config import Role
 from tunnel.protocol.core import SessionCore, SessionState, check_code, truncate_text
+from tunnel.protocol.resume import ResumableSession
 from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from tunnel.protocol.events import ConnectionDead, Event
 from tunnel.protocol.frames import (
@@ -90,7 +91,7 @@ class SessionStatistics:
     goaway_received: int | None
 
 
-class Session(SessionCore):
+class Session(ResumableSession):
     """The protocol state of one tunnel WebSocket: the only stateful entry point of the core.
 
     Calls never block and never yield; under gevent each call is atomic, so a check such as
@@ -126,6 +127,8 @@ class Session(SessionCore):
         self._now = now
         self._heartbeat.received(now)
         self._messages_received += 1
+        if self.state is SessionState.OPEN or self.state is SessionState.DRAINING:
+            self.welcome_acknowledged = True
         try:
             frames = decode_message(
                 data, max_frame_size=self.config.max_frame_size, version=self.version
@@ -167,7 +170,12 @@ class Session(SessionCore):
         Returns:
             The messages (possibly none).
         """
-        return self._outbox.pop_messages(max_bytes)
+        messages = self._outbox.pop_messages(max_bytes)
+        if self._pending_reopens and not self._outbox and self.attached:
+            # resume.py: streams opened again go out only after everything queued before them.
+            self._flush_reopens()
+            messages += self._outbox.pop_messages(max_bytes)
+        return messages
 
     def has_data_to_send(self) -> bool:
         """Tell whether anything is queued.
@@ -175,7 +183,7 @@ class Session(SessionCore):
         Returns:
             True when :meth:`messages_to_send` would return at least one message.
         """
-        return bool(self._outbox)
+        return bool(self._outbox) or (bool(self._pending_reopens) and self.attached)
 
     def handle_timer(self, now: float) -> None:
         """Let time pass: heartbeat PINGs and dead-connection detection (wire-protocol.md §6).
@@ -272,6 +280,7 @@ class Session(SessionCore):
         )
         self._outbox.queue_control(WelcomeFrame(welcome))
         self.welcome = welcome
+        self.welcome_acknowledged = False
         self.state = SessionState.OPEN
 
     def send_bind(self, request: BindRequest) -> None:
@@ -355,6 +364,7 @@ class Session(SessionCore):
         """
         return (
             self.state is SessionState.OPEN
+            and not self._pending_reopens  # their ids must reach the peer first
             and self._next_local_id <= _U32_MAX
             and self._local_streams_in_use() < self.max_streams
         )
@@ -406,7 +416,9 @@ class Session(SessionCore):
         if stream is None:
             return
         self._process_local(stream, StreamInput.SEND_OPEN_OK)
-        self._outbox.queue_control(OpenOkFrame(stream_id))
+        stream.ledger.accepted = True
+        if self.attached:  # else resume.py sends it at the resume
+            self._outbox.queue_control(OpenOkFrame(stream_id))
 
     def send_data(
         self, stream_id: int, data: bytes | bytearray | memoryview, *, end_stream: bool = False
@@ -442,6 +454,11 @@ class Session(SessionCore):
         size = len(payload)
         stream.window.consume_send_credit(size)
         self._process_local(stream, stream_input)
+        stream.ledger.record_sent(payload, end_stream)
+        if not self.attached or stream.ledger.reopen_pending:  # resume.py: sent from the replay buffer later
+            if stream.closed:
+                self._forget(stream)
+            return
         step = self.peer_max_frame_size
         if size == 0:
             if end_stream:
@@ -488,7 +505,9 @@ class Session(SessionCore):
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        increment = stream.window.acknowledge(size, announce=stream.remote_open, drained=drained)
+        # While detached the bytes only count as consumed; the resume restarts the window.
+        announce = stream.remote_open and self.attached
+        increment = stream.window.acknowledge(size, announce=announce, drained=drained)
         if increment:
             self._process_local(stream, StreamInput.SEND_WINDOW)
             self._outbox.queue_control(WindowFrame(stream_id, increment))

@@ -51,6 +51,7 @@ from tunnel.protocol.errors import (
     RemoteProtocolError,
 )
 from tunnel.protocol.flow import Window
+from tunnel.protocol.replay import StreamLedger
 
 __all__ = ["Opener", "Stream", "StreamEffect", "StreamInput", "StreamState", "StreamStateMachine"]
 
@@ -253,12 +254,21 @@ class Stream:
         origin: the optional ``"ip:port"`` named by OPEN.
     """
 
-    __slots__ = ("bind_id", "machine", "opener", "origin", "stream_id", "window")
+    __slots__ = ("bind_id", "ledger", "machine", "opener", "origin", "stream_id", "window")
 
     def __init__(
-        self, stream_id: int, bind_id: int, opener: Opener, window: Window, origin: str | None = None
+        self,
+        stream_id: int,
+        bind_id: int,
+        opener: Opener,
+        window: Window,
+        origin: str | None = None,
+        *,
+        keep_replay: bool = False,
     ) -> None:
         self.stream_id = stream_id
+        #: What was sent and received, for a resume (replay buffer only for v2).
+        self.ledger = StreamLedger(keep_replay=keep_replay)
         self.bind_id = bind_id
         self.opener = opener
         self.window = window
