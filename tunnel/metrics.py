@@ -99,8 +99,12 @@ class Metrics:
     - ``fd_permit_exhausted_total{path}``: times an FD permit was wanted and none was left;
       path ``session``, ``bind``, ``pull_stream`` or ``expose_accept``.
 
-    Histogram: ``stream_open_latency_seconds``: OPEN sent or received until the stream is
-    established (OPEN_OK), in seconds.
+    - ``sessions_parked_total``: v2 sessions parked (WebSocket lost without GOAWAY).
+    - ``resumes_total{outcome}``: HELLO.resume attempts, ``resumed`` or ``failed``.
+
+    Histograms: ``stream_open_latency_seconds``: OPEN sent or received until the stream is
+    established (OPEN_OK), in seconds; ``outage_duration_seconds``: how long resumed sessions
+    were parked.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -159,6 +163,23 @@ class Metrics:
             "hoody_tunnel_fd_permit_exhausted",
             "Times a file descriptor permit was needed and none was available, by path",
             ["path"],
+            registry=registry,
+        )
+        self.sessions_parked_total = Counter(
+            "hoody_tunnel_sessions_parked",
+            "v2 sessions parked after losing their WebSocket without GOAWAY",
+            registry=registry,
+        )
+        self.resumes_total = Counter(
+            "hoody_tunnel_resumes",
+            "Resume attempts (HELLO.resume), by outcome: resumed or failed",
+            ["outcome"],
+            registry=registry,
+        )
+        self.outage_duration_seconds = Histogram(
+            "hoody_tunnel_outage_duration_seconds",
+            "How long resumed sessions were parked, in seconds",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=registry,
         )
         self.stream_open_latency_seconds = Histogram(

@@ -199,8 +199,8 @@ def test_pull_to_a_dead_port_resets_the_local_connection_and_frees_the_permit(ha
     assert _stop_client(client, greenlet) == 0
 
 
-def test_client_reconnects_as_a_new_session_and_serves_connections_made_meanwhile(harness: Harness) -> None:
-    client, greenlet = _start_client(harness, pulls=[f"0:{harness.echo_port}"])
+def test_v1_client_reconnects_as_a_new_session_and_serves_connections_made_meanwhile(harness: Harness) -> None:
+    client, greenlet = _start_client(harness, pulls=[f"0:{harness.echo_port}"], protocol="v1")
     kit = harness.kit
     [first] = list(kit.registry)
     pull_port = client._pulls[0].spec.local_port
@@ -231,3 +231,28 @@ def test_backoff_is_capped_exponential_with_full_jitter() -> None:
         delays = [backoff_delay_s(attempt, rng) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8  # jitter spans the whole range, not a fixed step
+
+
+def test_v2_cut_mid_transfer_resumes_the_same_session_byte_exact(harness: Harness) -> None:
+    client, greenlet = _start_client(harness, pulls=[f"0:{harness.echo_port}"])
+    kit = harness.kit
+    [session] = list(kit.registry)
+    pull_port = client._pulls[0].spec.local_port
+    payloads = [os.urandom(2 * 1024 * 1024 + i) for i in range(3)]
+    jobs = [gevent.spawn(_transfer, pull_port, payload) for payload in payloads]
+    # Cut the WebSocket under the session twice while the transfers run.
+    for _ in range(2):
+        _wait_for(lambda: session.runner is not None and session.runner.session.statistics().data_bytes_received > 0, 10, "traffic")
+        assert session.runner is not None
+        session.runner.transport.abort()
+        _wait_for(lambda: session.state.value == "orphaned" or "resumed" in client.err.getvalue(), 10, "parking")  # type: ignore[attr-defined]
+        _wait_for(lambda: session.state.value == "active", 20, "the resume")
+    results = [job.get(timeout=scaled_timeout_s(60)) for job in jobs]
+    assert [hashlib.sha256(r).digest() for r in results] == [hashlib.sha256(p).digest() for p in payloads]
+    assert [s.session_id for s in kit.registry] == [session.session_id]  # the same session
+    assert "resumed " + session.session_id in client.err.getvalue()  # type: ignore[attr-defined]
+    _wait_for(lambda: not session.runner.pumps, 10, "streams to close")
+    _fd_invariant(kit)
+    assert _stop_client(client, greenlet) == 0
+    _wait_for(lambda: len(kit.registry) == 0, 10, "the session to end")
+    assert kit.registry.budget.available == kit.registry.budget.size

@@ -13,6 +13,7 @@ import enum
 import logging
 import random
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -27,8 +28,8 @@ from tunnel import __version__
 from tunnel.client.specs import ExposeSpec, PullSpec
 from tunnel.mux import transport as transport_mod
 from tunnel.mux.pump import StreamPump
-from tunnel.mux.runner import ConnectionEnd, SessionRunner
-from tunnel.mux.transport import HandshakeRejected, TransportError
+from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
+from tunnel.mux.transport import HandshakeRejected, Transport, TransportError
 from tunnel.protocol import (
     BindAccepted,
     BindFailed,
@@ -75,6 +76,13 @@ BACKOFF_CAP_S = 10.0
 def backoff_delay_s(attempt: int, rng: random.Random) -> float:
     """The delay before reconnect attempt ``attempt`` (0-based)."""
     return rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(attempt, 16))))
+
+
+class _ResumeRefused(Exception):
+    """The parked session cannot be resumed: start a new one."""
+
+
+_RESUMABLE_ENDS = frozenset({EndKind.PEER_CLOSED, EndKind.DEAD, EndKind.SEND_FAILED})
 
 
 class ClientError(Exception):
@@ -133,6 +141,8 @@ class TunnelClient:
         self._stop_requested = GeventEvent()
         self._serving = GeventEvent()  # a session is bound and serving: PULL may open streams
         self._random = random.Random()
+        self._parked: SessionRunner | None = None  # a session waiting for a resume
+        self._lost_at = 0.0
         self.ready = GeventEvent()  # set once bound and serving (tests wait on it)
 
     # -- public --------------------------------------------------------------------------------
@@ -149,19 +159,35 @@ class TunnelClient:
             first = True
             attempt = 0
             while True:
+                parked = self._parked
                 try:
-                    end = self._one_session(first=first)
+                    if parked is not None:
+                        end = self._resume_session(parked)
+                    else:
+                        end = self._one_session(first=first)
+                except _ResumeRefused as exc:
+                    self._say(f"hoody-tunnel: {exc}; session expired, starting a new one", err=True)
+                    self._abandon_parked()
+                    continue
                 except ClientError as exc:
-                    if first or exc.fatal:
+                    if (first and parked is None) or exc.fatal:
                         self._say(f"hoody-tunnel: {exc}", err=True)
                         return exc.exit_code
                     self._say(f"hoody-tunnel: reconnect failed: {exc}", err=True)
                 else:
                     first = False
                     attempt = 0
-                    code = self._exit_code(end)
-                    if code is not None:
-                        return code
+                    if end.parked:
+                        self._parked = self.runner
+                        self._lost_at = time.monotonic()
+                        self._say(
+                            f"hoody-tunnel: connection lost{_end_text(end)}; resuming {self.session_id}…",
+                            err=True,
+                        )
+                    else:
+                        code = self._exit_code(end)
+                        if code is not None:
+                            return code
                 if self._stopping:
                     return EXIT_OK
                 delay_s = backoff_delay_s(attempt, self._random)
@@ -173,8 +199,71 @@ class TunnelClient:
             self._say(f"hoody-tunnel: {exc}", err=True)
             return exc.exit_code
         finally:
+            self._abandon_parked()
             self._close_local_listeners()
             self.group.kill(block=True, timeout=5)
+
+    # -- resume (wire-protocol §7) -------------------------------------------------------------
+
+    def _resume_session(self, runner: SessionRunner) -> ConnectionEnd:
+        """Resume the parked session on a new connection and serve until that one ends.
+
+        Raises:
+            _ResumeRefused: the kit refused (RESUME_FAILED), or the session's TTL has passed.
+            ClientError: a transient failure (try again later), or a fatal one (token refused).
+        """
+        welcome = runner.session.welcome
+        ttl_s = (welcome.orphan_ttl_ms or 0) / 1000 if welcome is not None else 0.0
+        outage_s = time.monotonic() - self._lost_at
+        if outage_s > ttl_s:
+            raise _ResumeRefused(f"resume impossible after {outage_s:.1f} s (the kit keeps sessions {ttl_s:g} s)")
+        transport = self._open_transport()
+        if transport.subprotocol != self.protocol:
+            transport.close()
+            raise _ResumeRefused(f"the kit now speaks {transport.subprotocol}")
+        self._handshake = AsyncResult()
+        self._goaway = None
+        runner.session.send_resume(self.options.token, f"hoody-tunnel/{__version__}")
+        runner.attach(transport)
+        end_greenlet = gevent.spawn(runner.run)
+        resumed = False
+        try:
+            end_greenlet.link(lambda _: self._handshake.set(Outcome.ENDED))
+            try:
+                outcome = self._handshake.get(timeout=self.options.handshake_timeout_s)
+            except gevent.Timeout:
+                raise ClientError("no answer to the resume within the handshake timeout") from None
+            if outcome is not Outcome.WELCOMED:
+                goaway = self._goaway
+                if goaway is not None and goaway.error_code == ErrorCode.RESUME_FAILED:
+                    raise _ResumeRefused(f"the kit refused the resume: {goaway.reason}")
+                if goaway is not None and goaway.error_code == ErrorCode.AUTH_FAILED:
+                    raise ClientError(f"the server refused the token ({goaway.reason})", EXIT_AUTH, fatal=True)
+                raise ClientError("connection lost during the resume")
+            resumed = True
+            retransmitted = runner.session.statistics().bytes_retransmitted
+            self._say(
+                f"hoody-tunnel: resumed {self.session_id} after {time.monotonic() - self._lost_at:.1f} s, "
+                f"0 bytes lost ({retransmitted} bytes retransmitted in total)",
+                err=True,
+            )
+            self._parked = None
+            runner.wake_streams()
+            self._serving.set()
+            end = end_greenlet.get()
+            assert end is not None
+            return end
+        finally:
+            if not resumed and not end_greenlet.dead:
+                runner.transport.abort()
+                end_greenlet.join(timeout=5)
+
+    def _abandon_parked(self) -> None:
+        """Give up a parked session: its streams' local connections are reset."""
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            parked.session.connection_lost()
+            parked.stop()
 
     def _one_session(self, *, first: bool) -> ConnectionEnd:
         """Connect, handshake, bind, and serve until the connection ends."""
@@ -184,6 +273,7 @@ class TunnelClient:
         self._goaway = None
         runner = self._connect()
         end_greenlet = gevent.spawn(runner.run)
+        bound = False
         try:
             self._wait_welcome(end_greenlet)
             self._bind_all(end_greenlet)
@@ -191,18 +281,20 @@ class TunnelClient:
                 self._print_summary()
             else:
                 self._say(f"hoody-tunnel: reconnected as {self.session_id} ({self.protocol})")
+            bound = True
             self._serving.set()
             self.ready.set()
             end = end_greenlet.get()
             assert end is not None
             return end
         finally:
-            self._serving.clear()
             if not end_greenlet.dead:
                 # Leaving for any reason (a refused BIND, an error): say so, never just drop.
                 runner.close_gracefully(ErrorCode.NORMAL, "client closing", drain_s=0.0)
                 end_greenlet.join(timeout=5)
-            runner.stop()
+            if not (bound and runner.detached):
+                runner.session.connection_lost()
+                runner.stop()  # else parked: the streams wait for the resume
 
     def stop(self) -> None:
         """Ctrl-C: GOAWAY(NORMAL), let streams finish briefly, close. Safe from any greenlet."""
@@ -242,16 +334,20 @@ class TunnelClient:
             pull.listener.close()
         self._pulls.clear()
 
-    def _connect(self) -> SessionRunner:
+    def _open_transport(self) -> Transport:
         options = self.options
         try:
-            transport = transport_mod.connect(
+            return transport_mod.connect(
                 options.url, SUBPROTOCOLS[options.protocol], timeout_s=options.connect_timeout_s
             )
         except HandshakeRejected as exc:
             raise ClientError(f"the server refused the WebSocket upgrade: {_rejection_text(exc)}") from exc
         except (TransportError, OSError) as exc:
             raise ClientError(f"cannot connect to {options.url}: {exc}") from exc
+
+    def _connect(self) -> SessionRunner:
+        options = self.options
+        transport = self._open_transport()
         self.protocol = transport.subprotocol
         session = Session(
             SessionConfig(
@@ -412,8 +508,23 @@ class TunnelClient:
     def stream_finished(self, pump: StreamPump) -> None:
         pass  # the client has no FD budget
 
-    def connection_ended(self, end: ConnectionEnd) -> None:
+    def connection_ended(self, end: ConnectionEnd) -> bool:
+        """Keep the session for a resume when a v2 connection was lost without GOAWAY."""
         self._serving.clear()  # local PULL connections now wait for the next session
+        session = self.runner.session if self.runner is not None else None
+        if (
+            session is None
+            or self._stopping
+            or self._goaway is not None
+            or end.kind not in _RESUMABLE_ENDS
+            or session.version < 2
+            or session.welcome is None
+            or not session.welcome.resume_token
+            or session.state.name not in ("OPEN", "RESUMING", "DETACHED")
+        ):
+            return False
+        session.detach()
+        return True
 
     def event_received(self, event: Event) -> None:
         if isinstance(event, WelcomeReceived):

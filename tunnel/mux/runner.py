@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import gevent
@@ -79,6 +79,8 @@ class EndKind(enum.Enum):
     DEAD = "dead"  # heartbeat: nothing received for 3 x interval
     SEND_FAILED = "send_failed"  # a write failed or timed out
     LOCAL_CLOSE = "local_close"  # we closed it (GOAWAY, shutdown, admin, Ctrl-C)
+    SUPERSEDED = "superseded"  # the session resumed on another connection (GOAWAY sent)
+    HANDOFF = "handoff"  # a HELLO.resume: the transport moves to the parked session's runner
     INTERNAL_ERROR = "internal_error"  # a bug: a greenlet died unexpectedly
 
 
@@ -90,6 +92,7 @@ class ConnectionEnd:
     detail: str = ""
     close_code: int | None = None  # the WebSocket close code received, when there was one
     error_code: int | None = None  # the protocol error code, for PROTOCOL_ERROR / LOCAL_CLOSE
+    parked: bool = False  # the delegate kept the session for a resume (set by SessionRunner.end)
 
 
 class RunnerDelegate(Protocol):
@@ -105,8 +108,13 @@ class RunnerDelegate(Protocol):
     def event_received(self, event: ProtocolEvent) -> None:
         """Every other event (handshake, bindings, GOAWAY, resets, pongs...)."""
 
-    def connection_ended(self, end: ConnectionEnd) -> None:
-        """Called once, synchronously, the moment the connection is declared over."""
+    def connection_ended(self, end: ConnectionEnd) -> bool:
+        """Called once, synchronously, the moment the connection is declared over.
+
+        Returns:
+            True to keep the session for a resume (the delegate detached it); False to close
+            it (the runner then calls ``session.connection_lost()``).
+        """
 
 
 class SessionRunner:
@@ -135,7 +143,8 @@ class SessionRunner:
         self._streams_drained = Event()
         self._streams_drained.set()
         self._ended: AsyncResult[ConnectionEnd] = AsyncResult()
-        self._connection_greenlets: list[Greenlet[..., object]] = []
+        self._run_id = 0  # bumped by attach(): a superseded run's greenlets see they are stale
+        self.detached = False  # the last connection ended and the session waits for a resume
 
     # -- structured concurrency --------------------------------------------------------------
 
@@ -152,29 +161,52 @@ class SessionRunner:
 
     # -- the connection ------------------------------------------------------------------------
 
+    def attach(self, transport: Transport) -> None:
+        """Serve a new connection for the same session (a resume): call :meth:`run` next."""
+        self._run_id += 1
+        self.transport = transport
+        self._ended = AsyncResult()
+        self._wake_writer.clear()
+        self._writer_idle.set()
+        self.detached = False
+
     def run(self) -> ConnectionEnd:
         """Serve the connection until it ends; return why. Streams are left as they are."""
-        self._connection_greenlets = [
-            self.spawn(self._reader_loop),
-            self.spawn(self._writer_loop),
-            self.spawn(self._timer_loop),
-        ]
+        run_id = self._run_id
+        ended = self._ended
+        reader = self.spawn(self._reader_loop, run_id)
+        others = [self.spawn(self._writer_loop, run_id), self.spawn(self._timer_loop, run_id)]
         self.flush()
-        end = self._ended.get()
+        end = ended.get()
         assert end is not None
         current = gevent.getcurrent()
-        for greenlet in self._connection_greenlets:
+        for greenlet in others:
             if greenlet is not current:
                 greenlet.kill(block=False)
+        if end.kind is EndKind.HANDOFF:
+            reader.join()  # it returns by itself; nobody else may read this transport meanwhile
+        elif reader is not current:
+            reader.kill(block=False)
         return end
+
+    def wake_streams(self) -> None:
+        """After a resume: credit was recomputed; let every pump and slot waiter look again."""
+        for pump in list(self.pumps.values()):
+            pump.credit_changed()
+        self._slot_freed.set()
 
     def end(self, end: ConnectionEnd) -> None:
         """End the connection (first caller wins). Does not block."""
         if self._ended.ready():
             return
+        if self.delegate.connection_ended(end):
+            self.detached = True
+            end = replace(end, parked=True)
+        else:
+            self.session.connection_lost()
         self._ended.set(end)
-        self.session.connection_lost()
-        self.delegate.connection_ended(end)
+        if end.kind is EndKind.HANDOFF:
+            return  # the transport lives on under another runner
         if end.kind is EndKind.DEAD or end.kind is EndKind.SEND_FAILED:
             self.transport.abort()
         elif end.kind is EndKind.PROTOCOL_ERROR:
@@ -221,10 +253,12 @@ class SessionRunner:
         self.transport.close(ws_close_code, reason[:120])
         self.end(ConnectionEnd(EndKind.LOCAL_CLOSE, reason, error_code=error_code))
 
-    def _reader_loop(self) -> None:
+    def _reader_loop(self, run_id: int) -> None:
         session = self.session
         transport = self.transport
         while True:
+            if self._run_id != run_id or self._ended.ready():
+                return  # this connection is over (ended, or superseded by a resume)
             try:
                 message = transport.receive_message()
             except ConnectionClosed as exc:
@@ -239,6 +273,8 @@ class SessionRunner:
             except TransportError as exc:
                 self.end(ConnectionEnd(EndKind.PEER_CLOSED, str(exc)))
                 return
+            if self._run_id != run_id:
+                return  # superseded while this message was read: it belongs to nobody now
             try:
                 session.receive_message(message, self.clock())
             except RemoteProtocolError as exc:
@@ -256,7 +292,7 @@ class SessionRunner:
         self.wait_flushed(1.0)
         self.end(ConnectionEnd(EndKind.PROTOCOL_ERROR, reason, error_code=int(code)))
 
-    def _writer_loop(self) -> None:
+    def _writer_loop(self, run_id: int) -> None:
         session = self.session
         transport = self.transport
         wake = self._wake_writer
@@ -264,6 +300,8 @@ class SessionRunner:
         while True:
             wake.wait()
             wake.clear()
+            if self._run_id != run_id:
+                return
             while session.has_data_to_send():
                 messages = session.messages_to_send(WRITE_BATCH_SIZE)
                 try:
@@ -276,9 +314,9 @@ class SessionRunner:
                     return
             idle.set()
 
-    def _timer_loop(self) -> None:
+    def _timer_loop(self, run_id: int) -> None:
         session = self.session
-        while True:
+        while self._run_id == run_id:
             now = self.clock()
             deadline = session.next_deadline()
             delay_s = 1.0 if deadline is None else min(max(deadline - now, 0.0), 1.0)

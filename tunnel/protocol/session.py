@@ -89,6 +89,8 @@ class SessionStatistics:
     rtt_s: float | None
     goaway_sent: int | None
     goaway_received: int | None
+    #: v2: DATA bytes sent again after resumes (wire-protocol §7).
+    bytes_retransmitted: int = 0
 
 
 class Session(ResumableSession):
@@ -595,4 +597,5 @@ class Session(ResumableSession):
             rtt_s=self._heartbeat.rtt_s,
             goaway_sent=self.goaway_sent,
             goaway_received=self.goaway_received,
+            bytes_retransmitted=self._bytes_retransmitted,
         )

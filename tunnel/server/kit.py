@@ -15,8 +15,9 @@ from tunnel.config import Settings
 from tunnel.metrics import LiveGauges, Metrics
 from tunnel.mux.runner import WS_GOING_AWAY, WS_NORMAL, ConnectionEnd, EndKind, SessionRunner
 from tunnel.mux.transport import Transport, TransportError
-from tunnel.protocol import ErrorCode, Role, Session, SessionConfig
+from tunnel.protocol import ErrorCode, ResumeRequest, Role, Session, SessionConfig
 from tunnel.server.kit_session import KitSession, SessionState
+from tunnel.server import resumption
 from tunnel.server.registry import Registry
 
 log = logging.getLogger("tunnel.session")
@@ -141,18 +142,66 @@ class Kit:
             log.info("session refused: peer=%s reason=no-fd-permit", peer_address)
             self._refuse(transport, session, ErrorCode.RESOURCE_EXHAUSTED, "no file descriptor permit left")
             return
+        current = kit_session
+        end: ConnectionEnd | None = None
         try:
             runner = SessionRunner(session, transport, kit_session, name=kit_session.session_id)
             kit_session.runner = runner
             self.registry.add(kit_session)
             runner.spawn(kit_session.watch_handshake)
             end = runner.run()
-            self._ended(kit_session, end)
+            while end.kind is EndKind.HANDOFF and current.resume_target is not None:
+                # HELLO.resume: this connection (and its permit) now serves the parked session.
+                temp, current = current, current.resume_target
+                request = temp.pending_resume
+                assert request is not None
+                self.registry.remove(temp)
+                temp.release_all()
+                temp.permits_held -= 1
+                current.permits_held += 1
+                end = self._resume(current, transport, request, peer_address)
+            self._ended(current, end)
         finally:
-            self.registry.remove(kit_session)
-            kit_session.release_all()
-            kit_session.give_permit()
+            if end is not None and end.parked:
+                # The session lives on (parked, or already resumed elsewhere): this connection
+                # only gives back its WebSocket's permit.
+                current.give_permit()
+            else:
+                self.registry.remove(current)
+                current.release_all()
+                current.give_permit()
             transport.close()
+
+    def _resume(self, target: KitSession, transport: Transport, request: ResumeRequest, peer_address: str) -> ConnectionEnd:
+        """Serve ``target`` on the connection that resumed it, until that connection ends."""
+        runner = target.runner
+        assert runner is not None
+        if target.state is SessionState.ACTIVE:
+            resumption.supersede(target)  # its old connection parks it first
+        if target.expiry is not None:
+            target.expiry.kill(block=False)
+            target.expiry = None
+        outage_s = target.parked_for_s()
+        runner.attach(transport)
+        runner.session.resume(resumption.resume_welcome(target), request.received, runner.clock())
+        runner.dispatch(runner.session.events_received())
+        retransmitted = runner.session.statistics().bytes_retransmitted
+        target.state = SessionState.ACTIVE
+        target.parked_at = None
+        target.peer_address = peer_address
+        target.attached.set()
+        runner.wake_streams()
+        self.metrics.resumes_total.labels(outcome="resumed").inc()
+        self.metrics.outage_duration_seconds.observe(outage_s)
+        log.info(
+            "session resumed: id=%s peer=%s outage_s=%.3f streams=%d bytes_retransmitted=%d",
+            target.session_id,
+            peer_address,
+            outage_s,
+            len(runner.pumps),
+            retransmitted,
+        )
+        return runner.run()
 
     def _refuse(self, transport: Transport, session: Session, code: ErrorCode, reason: str) -> None:
         session.send_goaway(code, reason)
@@ -163,6 +212,8 @@ class Kit:
         transport.close(WS_TRY_AGAIN_LATER, reason)
 
     def _ended(self, kit_session: KitSession, end: ConnectionEnd) -> None:
+        if end.parked:
+            return  # logged by resumption.park(); the session is not over
         was_active = kit_session.state is not SessionState.HANDSHAKE
         reason = end.kind.value
         if end.kind is EndKind.LOCAL_CLOSE and end.error_code is not None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import enum
 import hmac
-import logging
 import secrets
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from gevent.event import Event as GeventEvent
 
 from tunnel import __version__
 from tunnel.mux.pump import StreamPump
-from tunnel.mux.runner import WS_POLICY_VIOLATION, ConnectionEnd, SessionRunner
+from tunnel.mux.runner import WS_POLICY_VIOLATION, ConnectionEnd, EndKind, SessionRunner
 from tunnel.protocol import (
     BindAccepted,
     BindKind,
@@ -37,6 +37,7 @@ from tunnel.protocol import (
     GoAwayReceived,
     HelloReceived,
     PongReceived,
+    ResumeRequest,
     StreamAccepted,
     StreamOpened,
     StreamRefused,
@@ -46,6 +47,7 @@ from tunnel.protocol import (
     Welcome,
 )
 from tunnel.server import bindings as binding_io
+from tunnel.server import resumption
 from tunnel.server.bindings import Binding
 from tunnel.server.registry import PortInUse
 
@@ -96,6 +98,14 @@ class KitSession:
         self.rtt_s: float | None = None
         self.close_reason = ""
         self.admin_killed = False
+        # Resume (server/resumption.py)
+        self.resume_tokens: list[str] = []
+        self.parked_at: float | None = None
+        self.expiry: gevent.Greenlet[..., object] | None = None
+        self.attached = GeventEvent()  # set while a connection serves it; accept loops wait on it
+        self.attached.set()
+        self.resume_target: KitSession | None = None  # this connection's HELLO resumes that one
+        self.pending_resume: ResumeRequest | None = None
         self._stream_permits: set[int] = set()  # stream ids whose local socket holds a permit
         self._welcomed = GeventEvent()
         self._open_started: dict[int, float] = {}
@@ -152,14 +162,15 @@ class KitSession:
             )
             return
         if hello.resume is not None:
-            # Resume arrives with the resume issue; until then every resume attempt fails cleanly.
-            self.kit.metrics.handshake_failures_total.labels(reason="resume").inc()
-            self.runner.spawn(
-                self.runner.close_gracefully,
-                ErrorCode.RESUME_FAILED,
-                "session unknown or expired",
-                drain_s=0.0,
-            )
+            target = resumption.find_target(self, hello.resume)
+            if target is None:
+                resumption.refuse(self, hello)
+                return
+            # Hand this connection over to the parked session (Kit.serve does the rest).
+            self.resume_target = target
+            self.pending_resume = hello.resume
+            self._welcomed.set()
+            self.runner.end(ConnectionEnd(EndKind.HANDOFF, f"resumes {target.session_id}"))
             return
         self.client_name = hello.client
         settings = self.settings
@@ -174,7 +185,7 @@ class KitSession:
                 max_frame=settings.max_frame_size,
                 heartbeat_ms=int(settings.heartbeat_s * 1000),
                 server=f"hoody-tunnel/{__version__}",
-                resume_token=secrets.token_urlsafe(24) if v2 else None,
+                resume_token=resumption.issue_token(self) if v2 else None,
                 orphan_ttl_ms=int(settings.orphan_ttl_s * 1000) if v2 else None,
             )
         )
@@ -271,8 +282,14 @@ class KitSession:
         self.runner.session.accept_stream(pump.stream_id)
         self.runner.flush()
 
-    def connection_ended(self, end: ConnectionEnd) -> None:
-        pass  # Kit.serve() cleans up once run() returns
+    def connection_ended(self, end: ConnectionEnd) -> bool:
+        if resumption.should_park(self, end):
+            resumption.park(self, end)
+            return True
+        return False  # Kit.serve() cleans up once run() returns
+
+    def parked_for_s(self) -> float:
+        return 0.0 if self.parked_at is None else time.monotonic() - self.parked_at
 
     def stream_finished(self, pump: StreamPump) -> None:
         if pump.stream_id in self._stream_permits:
@@ -353,12 +370,15 @@ class KitSession:
             conn = None
             permit = False
             try:
+                # While parked, stop accepting: new connections wait in the backlog (§7).
+                self.attached.wait()
                 # Take a permit only once a connection is waiting, so an idle listener holds
                 # just its own permit (connectionsGranted counts what is really open).
                 try:
                     binding_io.wait_acceptable(binding.listener)
                 except UpstreamError:
                     return  # the listener was closed (unbind, kill, end of session)
+                self.attached.wait()
                 if binding.closed:
                     return
                 permit = self.take_permit()
@@ -417,6 +437,10 @@ class KitSession:
 
     def release_all(self) -> None:
         """The session is over: listeners, bindings, stream sockets, permits."""
+        if self.expiry is not None and self.expiry is not gevent.getcurrent():
+            self.expiry.kill(block=False)
+        self.expiry = None
+        self.attached.set()  # wake paused accept loops so they see the end
         self.stop_accepting()
         self.bindings.clear()
         if self.runner is not None:
