@@ -27,7 +27,7 @@ $(STAMP): $(PY) requirements.txt requirements-dev.txt setup.cfg setup.py
 
 # The Procfile's command; gunicorn.conf.py binds 0.0.0.0:$$PORT.
 run: install
-	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py tunnel.wsgi:app
+	PORT=$(PORT) exec $(VENV)/bin/gunicorn -c gunicorn.conf.py tunnel.wsgi:app
 
 # Every stage runs even when an earlier one failed, so one run shows everything; the target fails
 # if any stage failed. pytest's exit 5 ("no tests collected") is not a failure.

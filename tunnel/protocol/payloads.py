@@ -204,7 +204,9 @@ def hello_from_json(payload: bytes | memoryview, version: int) -> Hello:
     """
     what = "HELLO"
     obj = load_json_object(payload, what)
-    token = _req_str(obj, "token", what)
+    # wire-protocol §3: a missing token is refused like a wrong one (AUTH_FAILED, by the
+    # driver), not as a malformed HELLO.
+    token = _str(obj, "token", what, optional=True) or ""
     client = _req_str(obj, "client", what)
     window = _int(obj, "window", what, low=MIN_WINDOW_SIZE, high=MAX_WINDOW_SIZE, optional=True)
     resume: ResumeRequest | None = None

@@ -38,6 +38,7 @@ from tunnel.protocol import (
     HelloReceived,
     PongReceived,
     ResumeRequest,
+    SessionState as ProtocolSessionState,
     StreamAccepted,
     StreamOpened,
     StreamRefused,
@@ -149,6 +150,8 @@ class KitSession:
 
     def _hello(self, event: HelloReceived) -> None:
         assert self.runner is not None
+        if self.runner.session.state is not ProtocolSessionState.HELLO_RECEIVED:
+            return  # e.g. HELLO and GOAWAY in one message: the client already left
         hello = event.hello
         if not self._token_ok(hello.token):
             self.kit.metrics.handshake_failures_total.labels(reason="auth").inc()
@@ -305,6 +308,9 @@ class KitSession:
         session = self.runner.session
         settings = self.settings
         kind, port = request.kind, request.port
+        if self.state is not SessionState.ACTIVE or session.goaway_sent is not None:
+            self._bind_error(request, ErrorCode.REFUSED, f"port {port}: the session is closing")
+            return
         allowed = settings.expose_ports if kind is BindKind.EXPOSE else settings.pull_ports
         if port not in allowed:
             variable = "EXPOSE" if kind is BindKind.EXPOSE else "PULL"
@@ -339,7 +345,8 @@ class KitSession:
         try:
             registry.claim_port(port, self.session_id)
         except PortInUse:
-            self._bind_error(request, ErrorCode.PORT_IN_USE, f"port {port}: already exposed by another session")
+            owner = "this session" if registry.port_owner(port) == self.session_id else "another session"
+            self._bind_error(request, ErrorCode.PORT_IN_USE, f"port {port}: already exposed by {owner}")
             return False
         if not self.take_permit():
             registry.release_port(port, self.session_id)

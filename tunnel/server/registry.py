@@ -82,6 +82,9 @@ class Registry:
             raise PortInUse(port)
         self._exposed_ports[port] = session_id
 
+    def port_owner(self, port: int) -> str | None:
+        return self._exposed_ports.get(port)
+
     def release_port(self, port: int, session_id: str) -> None:
         if self._exposed_ports.get(port) == session_id:
             del self._exposed_ports[port]

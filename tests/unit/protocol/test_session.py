@@ -154,7 +154,7 @@ def hello(version: int = 2, **extra: object) -> bytes:
         (encode_frame(GoAwayFrame(0)), "expected HELLO as the first frame, got GOAWAY"),
         (encode_frame(WelcomeFrame(make_welcome(make_config(Role.SERVER)))), "WELCOME sent by the client (wrong direction)"),
         (hello(window=1024), "HELLO: 'window' must be from 16384 to 16777216, got 1024"),
-        (hello(token=None), "HELLO: 'token' must be a string"),
+        (hello(token=7), "HELLO: 'token' must be a string"),
         (b"\x01\x00", "truncated frame header: 2 of 10 bytes"),
     ],
 )
