@@ -269,6 +269,9 @@ def start_kit_server(procs: ProcessSet, work_dir: Path, credentials: KitCredenti
     })
     # A short drain so stopping the kit at the end does not wait the production default.
     env.setdefault("HOODY_TUNNEL_GRACEFUL_TIMEOUT_S", "3")
+    # The 200-connection echo holds 200 streams open at once in one session; with the default
+    # maxStreams (100) the other 100 rightly wait for a slot that the bench never frees.
+    env.setdefault("HOODY_TUNNEL_MAX_STREAMS", "256")
     try:
         server = procs.start(
             "kit", [str(gunicorn), "-c", "gunicorn.conf.py", "--bind", f"fd://{listener.fileno()}",
