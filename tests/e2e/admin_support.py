@@ -70,6 +70,23 @@ def gauges(kit: KitProcess) -> dict[str, float]:
     return values
 
 
+def views_agree_with_metrics(kit: KitProcess) -> bool:
+    """One pass: the views and the gauges agree (False if something moved in between)."""
+    before = admin_get(kit, "/tunnels")
+    values = gauges(kit)
+    sessions = admin_get(kit, "/sessions")
+    bindings = admin_get(kit, "/bindings")
+    after = admin_get(kit, "/tunnels")
+    if before != after:
+        return False
+    return (
+        values["hoody_tunnel_sessions_active"] == sessions["total"] == len(after["sessions"])
+        and values["hoody_tunnel_bindings_active"] == bindings["total"] == after["totalBindings"]
+        and values["hoody_tunnel_fd_permits_available"] == after["fdPermitsAvailable"]
+        and values["hoody_tunnel_sessions_orphaned"] == after["orphanedSessions"]
+    )
+
+
 @dataclass(frozen=True)
 class CliResult:
     code: int

@@ -24,7 +24,7 @@ from tests.e2e.admin_reference import (
     VALID_STATES,
     type_errors,
 )
-from tests.e2e.admin_support import API, admin_get, auth, gauges, poll, run_cli
+from tests.e2e.admin_support import API, admin_get, auth, gauges, poll, run_cli, views_agree_with_metrics
 from tests.e2e.harness import KitProcess
 from tests.e2e.tunnel_support import ClientProcess, TcpTarget, connect_local, free_port_candidate
 
@@ -76,23 +76,6 @@ def check_fd_invariant(kit: KitProcess, budget: int) -> dict[str, Any]:
     assert tunnels["fdPermitsAvailable"] + granted == budget, tunnels
     assert tunnels["fdBudget"] == budget
     return tunnels
-
-
-def views_agree_with_metrics(kit: KitProcess) -> bool:
-    """One pass: the views and the gauges agree (False if something moved in between)."""
-    before = admin_get(kit, "/tunnels")
-    values = gauges(kit)
-    sessions = admin_get(kit, "/sessions")
-    bindings = admin_get(kit, "/bindings")
-    after = admin_get(kit, "/tunnels")
-    if before != after:
-        return False
-    return (
-        values["hoody_tunnel_sessions_active"] == sessions["total"] == len(after["sessions"])
-        and values["hoody_tunnel_bindings_active"] == bindings["total"] == after["totalBindings"]
-        and values["hoody_tunnel_fd_permits_available"] == after["fdPermitsAvailable"]
-        and values["hoody_tunnel_sessions_orphaned"] == after["orphanedSessions"]
-    )
 
 
 def test_every_endpoint_has_the_reference_fields_and_types(kit: KitProcess, echo: TcpTarget) -> None:
