@@ -27,6 +27,7 @@ from gevent.pool import Group
 from tunnel import __version__
 from tunnel.client.specs import ExposeSpec, PullSpec
 from tunnel.mux import transport as transport_mod
+from tunnel.mux.dialing import connect_tcp
 from tunnel.mux.pump import StreamPump
 from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
 from tunnel.mux.transport import HandshakeRejected, Transport, TransportError
@@ -487,9 +488,7 @@ class TunnelClient:
         runner = self.runner
         assert runner is not None
         try:
-            sock = gsocket.create_connection(
-                (expose.local_host, expose.local_port), timeout=self.options.connect_timeout_s
-            )
+            sock = connect_tcp(expose.local_host, expose.local_port, timeout_s=self.options.connect_timeout_s)
         except OSError as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
             runner.reset_stream(
@@ -497,7 +496,6 @@ class TunnelClient:
             )
             pump.reset()
             return
-        sock.settimeout(None)
         if pump.finished:
             sock.close()
             return

@@ -77,6 +77,11 @@ _DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
 # == Errors ====================================================================================
 
 
+#: Fairness budget (trap 10): yield to other greenlets after this much read back to back.
+YIELD_AFTER_BYTES = 256 * 1024
+YIELD_AFTER_MESSAGES = 32
+
+
 class TransportError(Exception):
     """Root of everything the transport raises on purpose (connect failures included)."""
 
@@ -241,6 +246,8 @@ class SocketTransport:
         self.close_reason_received = ""
         self._close_sent = False  # no frame may follow a close frame (RFC 6455 §5.5.1)
         self._aborted = False  # socket shut down and closed
+        self._unyielded_bytes = 0
+        self._unyielded_messages = 0
         self._reading = False
         self._closed_locally = False  # close() or abort() was called
         self._ended: ConnectionClosed | None = None  # what later calls raise
@@ -292,8 +299,8 @@ class SocketTransport:
                 if self._aborted:
                     self._close_reader()
             opcode = message.opcode
+            self._maybe_yield(len(message.payload))
             if opcode == Opcode.BINARY:
-                gevent.sleep(0)  # trap 10: let the worker's other connections run
                 return message.payload
             if opcode == Opcode.PING:
                 if not self._close_sent:
@@ -305,9 +312,19 @@ class SocketTransport:
             elif opcode == Opcode.CLOSE:
                 self._on_close_frame(message.payload)
             elif opcode == Opcode.TEXT:
-                gevent.sleep(0)
                 raise TextMessageReceived(len(message.payload))
-            gevent.sleep(0)  # pongs and pings count as messages for fairness too
+
+    def _maybe_yield(self, size: int) -> None:
+        """Trap 10 (fairness): a peer that keeps the socket full must not starve the worker's
+        other connections. A read that blocks yields anyway; this yields after a budget of
+        bytes or messages read back to back (a hub round trip per tiny control message cost
+        more than it bought: it showed in connection-setup latency)."""
+        self._unyielded_bytes += size
+        self._unyielded_messages += 1
+        if self._unyielded_bytes >= YIELD_AFTER_BYTES or self._unyielded_messages >= YIELD_AFTER_MESSAGES:
+            self._unyielded_bytes = 0
+            self._unyielded_messages = 0
+            gevent.sleep(0)
 
     def _on_close_frame(self, payload: bytes | bytearray) -> None:
         try:

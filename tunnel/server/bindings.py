@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from gevent import socket as gsocket
 from gevent.socket import wait_read
 
+from tunnel.mux.dialing import connect_tcp
 from tunnel.protocol import BindKind, BindMode, ErrorCode, UpstreamError
 
 #: Kernel backlog for EXPOSE listeners: while a session is at maxStreams, out of FD permits or
@@ -68,13 +69,12 @@ def dial(host: str, port: int, *, timeout_s: float) -> socket.socket:
         UpstreamError: CONNECT_FAILED with a message naming ``host:port`` and the OS reason.
     """
     try:
-        sock = gsocket.create_connection((host, port), timeout=timeout_s)
+        sock = connect_tcp(host, port, timeout_s=timeout_s)
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise UpstreamError(
             f"{host}:{port}: {reason.lower()}", error_code=ErrorCode.CONNECT_FAILED
         ) from exc
-    sock.settimeout(None)
     return sock
 
 

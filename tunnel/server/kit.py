@@ -72,6 +72,16 @@ class Kit:
             return None
         if kit_session.state is SessionState.CLOSING:
             return kit_session
+        if kit_session.state is SessionState.ORPHANED:
+            # Parked: nothing is attached to drain, so it closes at once (admin-api.md), and a
+            # later HELLO.resume finds nothing.
+            kit_session.admin_killed = True
+            kit_session.state = SessionState.CLOSING
+            log.info("session kill requested: id=%s (parked: closed at once)", session_id)
+            self.metrics.sessions_closed_total.labels(reason="admin_close").inc()
+            self.registry.remove(kit_session)
+            kit_session.release_all()
+            return kit_session
         kit_session.state = SessionState.CLOSING
         kit_session.admin_killed = True  # never parked, never resumable (wire-protocol §6)
         kit_session.stop_accepting()

@@ -1,0 +1,37 @@
+"""Outgoing TCP connections for streams, shared by the kit (PULL) and the client (EXPOSE).
+
+``gevent.socket.create_connection`` resolves every host through gevent's resolver, by default a
+thread pool: even ``127.0.0.1`` costs a thread hand-off per connection, which showed up as the
+largest item in a connection-setup profile. An IP literal needs no resolution, so it is
+connected directly; names still go through the resolver.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from gevent import socket as gsocket
+
+
+def connect_tcp(host: str, port: int, *, timeout_s: float) -> socket.socket:
+    """Connect to ``host:port``; the returned socket is blocking (no timeout).
+
+    Raises:
+        OSError: the connection failed (refused, unreachable, timed out: TimeoutError).
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        sock = gsocket.create_connection((host, port), timeout=timeout_s)
+    else:
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout_s)
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+    sock.settimeout(None)
+    return sock
