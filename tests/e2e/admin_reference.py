@@ -12,7 +12,7 @@ JSON types: "string", "integer", "number", "boolean", "object", "array".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,7 @@ def type_errors(name: str, value: Any, where: str | None = None) -> list[str]:
         if field.json_type == "object" and field.items:
             errors.extend(type_errors(field.items, item, path))
         if field.json_type == "array" and field.items:
-            for index, element in enumerate(item):
+            elements = cast("list[Any]", item)
+            for index, element in enumerate(elements):
                 errors.extend(type_errors(field.items, element, f"{path}[{index}]"))
     return errors

@@ -79,7 +79,7 @@ def views_agree_with_metrics(kit: KitProcess) -> bool:
     after = admin_get(kit, "/tunnels")
     if before != after:
         return False
-    return (
+    return bool(
         values["hoody_tunnel_sessions_active"] == sessions["total"] == len(after["sessions"])
         and values["hoody_tunnel_bindings_active"] == bindings["total"] == after["totalBindings"]
         and values["hoody_tunnel_fd_permits_available"] == after["fdPermitsAvailable"]

@@ -71,7 +71,7 @@ def echo_once(sock: socket.socket, data: bytes) -> None:
 
 
 def check_fd_invariant(kit: KitProcess, budget: int) -> dict[str, Any]:
-    tunnels = admin_get(kit, "/tunnels")
+    tunnels: dict[str, Any] = admin_get(kit, "/tunnels")
     granted = sum(s["connectionsGranted"] for s in tunnels["sessions"])
     assert tunnels["fdPermitsAvailable"] + granted == budget, tunnels
     assert tunnels["fdBudget"] == budget
