@@ -63,6 +63,9 @@ control_socket_disable = True
 preload_app = False
 
 accesslog = "-"
+# gunicorn's default format without %(u)s: a client that wrongly sends a token as a Basic user
+# name must not find it in the log.
+access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 errorlog = "-"
 loglevel = _settings.log_level
 # Everything goes to stderr (gunicorn's own "-" would send the access log to stdout), and the

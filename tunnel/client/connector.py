@@ -339,7 +339,10 @@ class TunnelClient:
         options = self.options
         try:
             return transport_mod.connect(
-                options.url, SUBPROTOCOLS[options.protocol], timeout_s=options.connect_timeout_s
+                options.url,
+                SUBPROTOCOLS[options.protocol],
+                timeout_s=options.connect_timeout_s,
+                headers=[("User-Agent", f"hoody-tunnel/{__version__}")],
             )
         except HandshakeRejected as exc:
             raise ClientError(f"the server refused the WebSocket upgrade: {_rejection_text(exc)}") from exc

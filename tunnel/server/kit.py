@@ -79,8 +79,8 @@ class Kit:
             kit_session.state = SessionState.CLOSING
             log.info("session kill requested: id=%s (parked: closed at once)", session_id)
             self.metrics.sessions_closed_total.labels(reason="admin_close").inc()
+            kit_session.release_all()  # release, then unlist: the views' FD sum stays exact
             self.registry.remove(kit_session)
-            kit_session.release_all()
             return kit_session
         kit_session.state = SessionState.CLOSING
         kit_session.admin_killed = True  # never parked, never resumable (wire-protocol §6)
@@ -177,9 +177,11 @@ class Kit:
                 # only gives back its WebSocket's permit.
                 current.give_permit()
             else:
-                self.registry.remove(current)
+                # Release first, then unlist: while listed, its permits still count in the
+                # views' sum, so fdPermitsAvailable + sum(connectionsGranted) stays exact.
                 current.release_all()
                 current.give_permit()
+                self.registry.remove(current)
             transport.close()
 
     def _resume(self, target: KitSession, transport: Transport, request: ResumeRequest, peer_address: str) -> ConnectionEnd:

@@ -119,9 +119,9 @@ def expire(kit_session: KitSession) -> None:
     kit = kit_session.kit
     log.info("session expired: id=%s after %.1f s parked", kit_session.session_id, kit_session.parked_for_s())
     kit.metrics.sessions_closed_total.labels(reason="expired").inc()
-    kit.registry.remove(kit_session)
     kit_session.expiry = None
-    kit_session.release_all()
+    kit_session.release_all()  # release, then unlist: the views' FD sum stays exact
+    kit.registry.remove(kit_session)
 
 
 def find_target(temp: KitSession, request: ResumeRequest) -> KitSession | None:
