@@ -36,8 +36,8 @@ _FAILED_KEY = pytest.StashKey[bool]()
 def make_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeKit]:
     started: list[KitProcess] = []
 
-    def make(*, ready: bool = True, **env: str) -> KitProcess:
-        kit = KitProcess.launch(tmp_path / f"kit{len(started)}", env)
+    def make(*, ready: bool = True, port: int = 0, **env: str) -> KitProcess:
+        kit = KitProcess.launch(tmp_path / f"kit{len(started)}", env, port=port)
         started.append(kit)
         if ready:
             kit.wait_ready()

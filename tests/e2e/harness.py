@@ -106,7 +106,9 @@ class KitProcess:
         return self.env.get("HOODY_TUNNEL_ADMIN_TOKEN") or None
 
     @classmethod
-    def launch(cls, work_dir: Path, env_overrides: dict[str, str] | None = None) -> KitProcess:
+    def launch(
+        cls, work_dir: Path, env_overrides: dict[str, str] | None = None, *, port: int = 0
+    ) -> KitProcess:
         """Start gunicorn on a fresh loopback socket. Does not wait for readiness.
 
         ``env_overrides`` values replace the test defaults; an empty string unsets a variable
@@ -125,7 +127,7 @@ class KitProcess:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", 0))
+            listener.bind(("127.0.0.1", port))  # port: a restarted kit takes over the old one
             listener.listen(128)
             port = listener.getsockname()[1]
             fd = listener.fileno()
