@@ -133,6 +133,11 @@ class SessionInfoSchema(Schema):
         data_key="rttMs",
         metadata={"description": "Round-trip time of the last heartbeat PING, null before one"},
     )
+    bytes_retransmitted = fields.Integer(
+        required=True,
+        data_key="bytesRetransmitted",
+        metadata={"description": "v2: DATA bytes sent again after resumes (extra field)"},
+    )
 
 
 class SessionListSchema(Schema):

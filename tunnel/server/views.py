@@ -97,6 +97,7 @@ class SessionView:
     bytes_in: int  # DATA payload bytes received from the client
     bytes_out: int  # DATA payload bytes sent to the client
     rtt_ms: float | None
+    bytes_retransmitted: int  # v2: DATA bytes sent again after resumes
 
     @property
     def is_v2(self) -> bool:
@@ -220,6 +221,7 @@ def _session_view(kit_session: KitSession, max_streams: int) -> SessionView:
         bytes_in=stats.data_bytes_received if stats is not None else 0,
         bytes_out=stats.data_bytes_sent if stats is not None else 0,
         rtt_ms=None if rtt_s is None else round(rtt_s * 1000.0, 3),
+        bytes_retransmitted=stats.bytes_retransmitted if stats is not None else 0,
     )
 
 
