@@ -99,6 +99,7 @@ OURS: dict[str, tuple[Field, ...]] = {
         _f("bytesIn", "integer"),
         _f("bytesOut", "integer"),
         _f("rttMs", "number", nullable=True),
+        _f("bytesRetransmitted", "integer"),
     ),
     "TunnelSessionView": (_f("state", "string"),),
     "TunnelBindingView": (_f("mode", "string"),),
