@@ -495,7 +495,7 @@ class SessionCore:
         self._events.append(ev.WelcomeReceived(welcome))
 
     def _on_bind(self, frame: BindFrame) -> None:
-        checked = validate_bind_values(frame.req_id, frame.kind, frame.port, frame.mode)
+        checked = validate_bind_values(frame.req_id, frame.kind, frame.port, frame.mode, frame.host_header)
         if isinstance(checked, str):
             code = ErrorCode.PROTOCOL_ERROR
             error = truncate_text(checked)

@@ -150,6 +150,7 @@ class BindFrame:
     kind: object = None
     port: object = None
     mode: object = None
+    host_header: object = None  # BIND "hostHeader" (HTTP mode, docs/http-mode.md)
 
     @classmethod
     def from_request(cls, request: BindRequest) -> BindFrame:
@@ -161,7 +162,7 @@ class BindFrame:
         Returns:
             A BindFrame with the JSON values of ``request``.
         """
-        return cls(request.req_id, request.kind.value, request.port, request.mode.value)
+        return cls(request.req_id, request.kind.value, request.port, request.mode.value, request.host_header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +334,7 @@ def _frame_parts(frame: Frame) -> tuple[bytes, bytes | memoryview]:
         elif isinstance(frame, WelcomeFrame):
             payload = payloads.welcome_to_json(frame.welcome)
         elif isinstance(frame, BindFrame):
-            payload = payloads.bind_to_json(frame.req_id, frame.kind, frame.port, frame.mode)
+            payload = payloads.bind_to_json(frame.req_id, frame.kind, frame.port, frame.mode, frame.host_header)
         elif isinstance(frame, BindOkFrame):
             payload = payloads.bind_result_to_json(frame.result)
         elif isinstance(frame, BindErrFrame):

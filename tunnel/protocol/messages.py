@@ -17,7 +17,8 @@ class BindKind(str, Enum):
 
 
 class BindMode(str, Enum):
-    """How a binding forwards: ``tcp`` (bytes as they are) or ``http`` (behaves as tcp for now)."""
+    """How a binding forwards: ``tcp`` (bytes as they are) or ``http`` (the kit parses HTTP/1.1
+    request by request and adds forwarding headers: docs/http-mode.md)."""
 
     TCP = "tcp"
     HTTP = "http"
@@ -76,6 +77,9 @@ class BindRequest:
     kind: BindKind
     port: int
     mode: BindMode
+    # HTTP mode: the Host header the kit sets on every request (BIND "hostHeader";
+    # docs/http-mode.md). None: the request's own Host goes through unchanged.
+    host_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

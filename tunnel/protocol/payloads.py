@@ -280,24 +280,27 @@ def welcome_from_json(payload: bytes | memoryview) -> Welcome:
 # -- BIND, BIND_OK, BIND_ERR, UNBIND ------------------------------------------------------------
 
 
-def bind_to_json(req_id: int, kind: object, port: object, mode: object) -> bytes:
+def bind_to_json(
+    req_id: int, kind: object, port: object, mode: object, host_header: object = None
+) -> bytes:
     """Encode a BIND payload (values as given; None values are left out)."""
     obj: dict[str, object] = {"reqId": req_id}
-    for key, value in (("kind", kind), ("port", port), ("mode", mode)):
+    for key, value in (("kind", kind), ("port", port), ("mode", mode), ("hostHeader", host_header)):
         if value is not None:
             obj[key] = value.value if isinstance(value, (BindKind, BindMode)) else value
     return dump_json(obj)
 
 
-def bind_from_json(payload: bytes | memoryview) -> tuple[int, object, object, object]:
-    """Decode a BIND payload: ``(reqId, kind, port, mode)``, the last three raw (None if absent).
+def bind_from_json(payload: bytes | memoryview) -> tuple[int, object, object, object, object]:
+    """Decode a BIND payload: ``(reqId, kind, port, mode, hostHeader)``, the last four raw (None
+    if absent).
 
     Raises:
         RemoteProtocolError: not a JSON object, or no integer ``reqId``.
     """
     obj = load_json_object(payload, "BIND")
     req_id = _req_int(obj, "reqId", "BIND")
-    return req_id, obj.get("kind"), obj.get("port"), obj.get("mode")
+    return req_id, obj.get("kind"), obj.get("port"), obj.get("mode"), obj.get("hostHeader")
 
 
 def bind_result_to_json(result: BindResult) -> bytes:
@@ -370,12 +373,16 @@ def unbind_from_json(payload: bytes | memoryview) -> int:
     return _req_int(load_json_object(payload, "UNBIND"), "bindId", "UNBIND", low=0, high=_U32_MAX)
 
 
-def validate_bind_values(req_id: int, kind: object, port: object, mode: object) -> BindRequest | str:
+def validate_bind_values(
+    req_id: int, kind: object, port: object, mode: object, host_header: object = None
+) -> BindRequest | str:
     """Check the values of a received BIND (wire-protocol.md §4), on the server.
 
     Args:
         req_id: the BIND's ``reqId`` (already known to be an integer).
         kind, port, mode: the raw JSON values (None when absent or null; mode defaults to tcp).
+        host_header: the raw ``hostHeader`` value (optional; HTTP mode only, ignored for tcp):
+            1 to 255 visible ASCII characters (docs/http-mode.md).
 
     Returns:
         The typed :class:`BindRequest`, or the text for BIND_ERR(PROTOCOL_ERROR). The text
@@ -392,8 +399,25 @@ def validate_bind_values(req_id: int, kind: object, port: object, mode: object) 
         return f"{prefix}: mode must be \"tcp\" or \"http\", got {_shown(mode)}"
     if kind == "PULL" and mode != "tcp":
         return f"{prefix}: PULL needs mode \"tcp\", got {_shown(mode)}"
+    if host_header is not None and not _is_header_token(host_header):
+        return f"{prefix}: hostHeader must be 1 to 255 visible ASCII characters, got {_shown(host_header)}"
     assert isinstance(port, int) and isinstance(kind, str) and isinstance(mode, str)
-    return BindRequest(req_id=req_id, kind=BindKind(kind), port=port, mode=BindMode(mode))
+    return BindRequest(
+        req_id=req_id,
+        kind=BindKind(kind),
+        port=port,
+        mode=BindMode(mode),
+        host_header=host_header if mode == "http" and isinstance(host_header, str) else None,
+    )
+
+
+def _is_header_token(value: object) -> bool:
+    """A Host value the kit may write into a request head as it is: no space, no control."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 255
+        and all("\x21" <= ch <= "\x7e" for ch in value)
+    )
 
 
 def _shown(value: object, absent: str = "nothing") -> str:
