@@ -129,6 +129,9 @@ class Settings:
     state_dir: str = field(default_factory=_state_dir_from_process_env)
     # gunicorn's graceful_timeout: how long a SIGTERM'd worker drains its sessions.
     graceful_timeout_s: float = 30.0
+    # HTTP mode: how long a new request waits for a parked session's resume before the kit
+    # answers 503 (HOODY_TUNNEL_HTTP_HOLD_MS; docs/http-mode.md).
+    http_hold_s: float = 10.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -242,6 +245,7 @@ _DURATION_SPECS = (
         "connect_timeout_s", "HOODY_TUNNEL_CONNECT_TIMEOUT_MS", 100, 600_000, 1000, " milliseconds"
     ),
     _IntSpec("graceful_timeout_s", "HOODY_TUNNEL_GRACEFUL_TIMEOUT_S", 0, 3600, 1, " seconds"),
+    _IntSpec("http_hold_s", "HOODY_TUNNEL_HTTP_HOLD_MS", 0, 600_000, 1000, " milliseconds"),
 )
 
 
