@@ -29,6 +29,7 @@ class Binding:
     kind: BindKind
     port: int
     mode: BindMode
+    host_header: str | None = None  # HTTP mode: the Host the kit sets (BIND "hostHeader")
     listener: socket.socket | None = None  # EXPOSE only
     streams_opened: int = 0
     closed: bool = False

@@ -48,11 +48,13 @@ from tunnel.protocol import (
     Welcome,
 )
 from tunnel.server import bindings as binding_io
+from tunnel.server import http_mode
 from tunnel.server import resumption
 from tunnel.server.bindings import Binding
 from tunnel.server.registry import PortInUse
 
 if TYPE_CHECKING:
+    from tunnel.server.http_mode import HttpStream
     from tunnel.server.kit import Kit
 
 log = logging.getLogger("tunnel.session")
@@ -108,6 +110,8 @@ class KitSession:
         self.resume_target: KitSession | None = None  # this connection's HELLO resumes that one
         self.pending_resume: ResumeRequest | None = None
         self._stream_permits: set[int] = set()  # stream ids whose local socket holds a permit
+        # HTTP mode: live streams of http bindings, so a StreamReset's reason reaches its 502 page.
+        self.http_streams: dict[int, HttpStream] = {}
         self._welcomed = GeventEvent()
         self._open_started: dict[int, float] = {}
         self.runner: SessionRunner | None = None
@@ -238,6 +242,10 @@ class KitSession:
             self.kit.metrics.streams_refused_total.labels(reason=_code_name(event.error_code)).inc()
         elif isinstance(event, StreamReset):
             self._open_started.pop(event.stream_id, None)
+            # HTTP mode: the runner already called reset(); hand over the reason (the 502 page).
+            http_stream = self.http_streams.pop(event.stream_id, None)
+            if http_stream is not None:
+                http_stream.note_reset(event.error_code, event.reason)
         elif isinstance(event, PongReceived):
             self.rtt_s = event.rtt_s
         elif isinstance(event, GoAwayReceived):
@@ -321,7 +329,9 @@ class KitSession:
             )
             return
         bind_id = self.kit.registry.next_bind_id()
-        binding = Binding(bind_id=bind_id, kind=kind, port=port, mode=request.mode)
+        binding = Binding(
+            bind_id=bind_id, kind=kind, port=port, mode=request.mode, host_header=request.host_header
+        )
         if kind is BindKind.EXPOSE:
             if not self._open_expose(request, binding):
                 return
@@ -368,8 +378,22 @@ class KitSession:
         log.info("bind refused: id=%s port=%d code=%s error=%r", self.session_id, request.port, code.name, message)
         self.runner.session.send_bind_error(request.req_id, code, message)
 
+    def open_expose_stream(self, binding: Binding, origin: str) -> StreamPump:
+        """Open a stream for a connection accepted on an EXPOSE binding, and count it."""
+        runner = self.runner
+        assert runner is not None
+        pump = runner.open_stream(binding.bind_id, origin)
+        self._open_started[pump.stream_id] = time.monotonic()
+        binding.streams_opened += 1
+        self.kit.metrics.streams_opened_total.labels(kind="expose").inc()
+        return pump
+
     def _accept_loop(self, binding: Binding) -> None:
         """Accept EXPOSE connections, one stream each, within maxStreams and the FD budget."""
+        if binding.mode is BindMode.HTTP:
+            # HTTP mode (server/http_mode.py) parses requests: it answers 503 where tcp waits.
+            http_mode.accept_loop(self, binding)
+            return
         runner = self.runner
         assert runner is not None and binding.listener is not None
         metrics = self.kit.metrics
@@ -403,12 +427,9 @@ class KitSession:
                 # the backlog), rather than being refused.
                 if binding.closed or not runner.wait_stream_slot():
                     return
-                pump = runner.open_stream(binding.bind_id, origin)
+                pump = self.open_expose_stream(binding, origin)
                 self._stream_permits.add(pump.stream_id)
                 permit = False  # now owned by the stream: released in stream_finished
-                self._open_started[pump.stream_id] = time.monotonic()
-                binding.streams_opened += 1
-                metrics.streams_opened_total.labels(kind="expose").inc()
                 pump.connect(conn)
                 conn = None
             finally:

@@ -1,0 +1,345 @@
+"""HTTP mode, the pure part: forwarding headers, request checks, the kit's own error pages.
+
+No I/O and no gevent here: :mod:`tunnel.server.http_mode` drives the sockets and the stream and
+calls these functions, and the unit tests call them directly (docs/http-mode.md).
+
+Headers travel as h11 gives them from ``Headers.raw_items()``: a list of ``(name, value)`` byte
+pairs with the sender's casing, in order. Names are compared case-insensitively.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from tunnel.metrics import HTTP_METHODS
+
+__all__ = [
+    "ERROR_HEADER",
+    "KitError",
+    "access_path",
+    "bad_request",
+    "check_request",
+    "connect_error",
+    "forwarding_headers",
+    "method_label",
+    "render_error",
+    "wants_json",
+]
+
+#: The header that marks a response the kit answered itself; its value is the cause.
+ERROR_HEADER = "x-hoody-tunnel-error"
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+_REASONS = {
+    400: "Bad Request",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+_TITLES = {
+    "bad_request": "The request is not valid HTTP/1.1",
+    "connect_failed": "The tunnel's target is not reachable",
+    "upstream_reset": "The tunnel's target did not answer",
+    "bad_response": "The tunnel's target sent an invalid response",
+    "max_streams": "The tunnel is busy",
+    "fd_exhausted": "The tunnel is busy",
+    "reconnecting": "The tunnel is reconnecting",
+    "tunnel_closed": "The tunnel is closed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KitError:
+    """A response the kit answers itself.
+
+    Attributes:
+        status: the HTTP status (400, 431, 501, 505, 502 or 503).
+        cause: one of :data:`tunnel.metrics.HTTP_ERROR_CAUSES`; the ``x-hoody-tunnel-error``
+            value and the metrics label.
+        message: one sentence for humans (no header values, no secrets).
+        retry_after_s: the ``Retry-After`` value, for 503s.
+    """
+
+    status: int
+    cause: str
+    message: str
+    retry_after_s: int | None = None
+
+
+def bad_request(detail: str, status: int = 400) -> KitError:
+    """A malformed or refused request (never forwarded to the client's side)."""
+    status = status if status in (400, 431, 501, 505) else 400
+    return KitError(status, "bad_request", f"The request was refused by the tunnel: {detail}.")
+
+
+_TARGET_REASON = re.compile(r"^(\[[0-9A-Fa-f:.]+\]:\d+|[^\s:]+:\d+): (.+)$")
+
+
+def connect_error(code_name: str, reason: str) -> KitError:
+    """The 502 for a stream the client reset (``reason`` is its RST text).
+
+    The client answers an OPEN it cannot serve with ``RST(CONNECT_FAILED, "HOST:PORT: why")``
+    (docs/protocol.md §7.1): the page then names that target.
+    """
+    match = _TARGET_REASON.match(reason)
+    if code_name == "connect_failed" and match is not None:
+        target, why = match.group(1), match.group(2)
+        if why == "connection refused":
+            message = f"Nothing is listening on {target} on the connected machine."
+        else:
+            message = f"The connected machine could not reach {target}: {why}."
+        return KitError(502, "connect_failed", message)
+    if code_name == "not_found":
+        return KitError(502, "connect_failed", "The connected machine has no target for this port.")
+    shown = f" ({reason})" if reason else ""
+    return KitError(
+        502,
+        "upstream_reset",
+        f"The local connection on the connected machine failed before a whole response{shown}.",
+    )
+
+
+def check_request(http_version: bytes, headers: RawHeaders) -> KitError | None:
+    """Refuse what h11 lets through but a proxy must not forward (request smuggling).
+
+    h11 already refuses conflicting ``Content-Length`` values, several ``Transfer-Encoding``
+    headers and any coding but ``chunked``. Left here: both framings at once (RFC 9112 §6.1:
+    "ought to be handled as an error"), and HTTP versions other than 1.0 and 1.1.
+    """
+    if http_version not in (b"1.0", b"1.1"):
+        return bad_request(f"HTTP/{http_version.decode('ascii', 'replace')} is not supported", 505)
+    has_length = has_chunked = False
+    hosts = 0
+    for name, _ in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            has_length = True
+        elif lowered == b"transfer-encoding":
+            has_chunked = True
+        elif lowered == b"host":
+            hosts += 1
+    if has_length and has_chunked:
+        return bad_request("both Content-Length and Transfer-Encoding are set")
+    if hosts > 1:
+        return bad_request("more than one Host header")  # RFC 9112 §3.2
+    return None
+
+
+def _tokens(values: Iterable[bytes]) -> list[bytes]:
+    return [token.strip() for value in values for token in value.split(b",") if token.strip()]
+
+
+def _quoted(value: str) -> str:
+    """An RFC 7239 value: a token as it is, anything else as a quoted-string."""
+    if re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def forwarding_headers(
+    headers: RawHeaders,
+    *,
+    peer_ip: str,
+    port: int,
+    host_header: str | None,
+    default_host: str,
+) -> list[tuple[bytes, bytes]]:
+    """The request's headers as the kit forwards them.
+
+    - ``X-Forwarded-For``: the peer's address appended to any value already present (the kit
+      usually sits behind the platform's router, which sets the first one).
+    - ``Forwarded`` (RFC 7239): an element ``for=...;host=...;proto=http`` appended.
+    - ``X-Forwarded-Proto``, ``-Host``, ``-Port``: kept when present (the router's view of the
+      original request), else set from the kit's view (``http``, the Host, the container port).
+    - ``Host``: replaced by ``host_header`` when the binding has one; added when missing (an
+      HTTP/1.0 request), since the request goes on as HTTP/1.1.
+    - ``Upgrade: h2c`` is removed (with ``HTTP2-Settings``): the request is served as HTTP/1.1,
+      which RFC 9113 §3.1's client accepts as the refusal.
+
+    Args:
+        headers: the received headers, ``(name, value)`` with the sender's casing.
+        peer_ip: the address of the connection's peer (no port).
+        port: the container port the request came in on.
+        host_header: the binding's Host value, or None.
+        default_host: the Host to add when the request has none and no ``host_header`` is set.
+
+    Returns:
+        A new list; the input is not changed.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    xff: list[bytes] = []
+    forwarded: list[bytes] = []
+    host: bytes | None = None
+    seen: set[bytes] = set()
+    upgrade_values: list[bytes] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"x-forwarded-for":
+            xff.append(value)
+            continue
+        if lowered == b"forwarded":
+            forwarded.append(value)
+            continue
+        if lowered == b"host":
+            if host is None:
+                host = value
+            if host_header is not None:
+                continue  # replaced below
+        if lowered == b"upgrade":
+            upgrade_values.append(value)
+        seen.add(lowered)
+        out.append((name, value))
+
+    if upgrade_values and any(t.lower() == b"h2c" for t in _tokens(upgrade_values)):
+        out = _without_h2c(out, upgrade_values)
+
+    original_host = (host or default_host.encode("ascii")).decode("latin-1")
+    if host_header is not None:
+        out.append((b"Host", host_header.encode("ascii")))
+    elif host is None:
+        out.append((b"Host", default_host.encode("ascii")))
+    peer = peer_ip.encode("ascii")
+    out.append((b"X-Forwarded-For", b", ".join([*xff, peer]) if xff else peer))
+    for header, text in (
+        (b"X-Forwarded-Proto", "http"),
+        (b"X-Forwarded-Host", original_host),
+        (b"X-Forwarded-Port", str(port)),
+    ):
+        if header.lower() not in seen:
+            out.append((header, text.encode("latin-1")))
+    node = f"[{peer_ip}]" if ":" in peer_ip else peer_ip
+    element = f"for={_quoted(node)};host={_quoted(original_host)};proto=http".encode("latin-1")
+    out.append((b"Forwarded", b", ".join([*forwarded, element]) if forwarded else element))
+    return out
+
+
+def _without_h2c(headers: list[tuple[bytes, bytes]], upgrade_values: list[bytes]) -> list[tuple[bytes, bytes]]:
+    remaining = [t for t in _tokens(upgrade_values) if t.lower() != b"h2c"]
+    out: list[tuple[bytes, bytes]] = []
+    upgrade_written = False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"http2-settings":
+            continue
+        if lowered == b"upgrade":
+            if remaining and not upgrade_written:
+                out.append((name, b", ".join(remaining)))
+                upgrade_written = True
+            continue
+        if lowered == b"connection" and not remaining:
+            kept = [t for t in _tokens([value]) if t.lower() not in (b"upgrade", b"http2-settings")]
+            if kept:
+                out.append((name, b", ".join(kept)))
+            continue
+        if lowered == b"connection":
+            kept = [t for t in _tokens([value]) if t.lower() != b"http2-settings"]
+            if kept:
+                out.append((name, b", ".join(kept)))
+            continue
+        out.append((name, value))
+    return out
+
+
+def _quality(ranges: list[tuple[str, float]], media: str) -> float:
+    """The q-value ``ranges`` give ``media``: the most specific matching range wins."""
+    major = media.split("/", 1)[0]
+    best: tuple[int, float] = (-1, 0.0)
+    for pattern, q in ranges:
+        if pattern == media:
+            rank = 2
+        elif pattern == f"{major}/*":
+            rank = 1
+        elif pattern == "*/*":
+            rank = 0
+        else:
+            continue
+        if rank > best[0]:
+            best = (rank, q)
+    return best[1]
+
+
+def wants_json(accept: bytes | None) -> bool:
+    """True when ``Accept`` prefers JSON to HTML (an exact ``application/json`` or a
+    ``+json`` type ranked above ``text/html``). No Accept, or ``*/*``: HTML."""
+    if not accept:
+        return False
+    ranges: list[tuple[str, float]] = []
+    json_q = 0.0
+    for item in accept.decode("latin-1").split(","):
+        parts = [p.strip() for p in item.split(";")]
+        media = parts[0].lower()
+        if not media:
+            continue
+        q = 1.0
+        for param in parts[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        ranges.append((media, q))
+        if media.endswith("+json"):
+            json_q = max(json_q, q)
+    json_q = max(json_q, _quality(ranges, "application/json"))
+    return json_q > 0.0 and json_q > _quality(ranges, "text/html")
+
+
+def render_error(error: KitError, *, accept: bytes | None, head_only: bool = False) -> bytes:
+    """The whole response: status line, headers (``Connection: close``; the kit closes the
+    connection after every response of its own) and a short HTML page, or JSON when the request
+    prefers it. ``head_only`` (a HEAD request) leaves the body out but keeps its length."""
+    reason = _REASONS.get(error.status, "Error")
+    if wants_json(accept):
+        content_type = "application/json"
+        body = json.dumps(
+            {"error": error.message, "cause": error.cause, "status": error.status}
+        ).encode()
+    else:
+        content_type = "text/html; charset=utf-8"
+        title = _TITLES.get(error.cause, reason)
+        body = (
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{error.status} {html.escape(reason)}</title></head>\n<body>\n"
+            f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(error.message)}</p>\n"
+            f"<p><small>{error.status} {html.escape(reason)} &middot; hoody-tunnel "
+            f"({html.escape(error.cause)})</small></p>\n</body></html>\n"
+        ).encode()
+    lines = [
+        f"HTTP/1.1 {error.status} {reason}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+        f"{ERROR_HEADER}: {error.cause}",
+    ]
+    if error.retry_after_s is not None:
+        lines.append(f"Retry-After: {error.retry_after_s}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    return head if head_only else head + body
+
+
+def method_label(method: bytes) -> str:
+    """The ``method`` metrics label: a standard method, else ``OTHER``."""
+    text = method.decode("ascii", "replace").upper()
+    return text if text in HTTP_METHODS else "OTHER"
+
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
+MAX_LOGGED_PATH = 200
+
+
+def access_path(target: bytes) -> str:
+    """The request target as the access log shows it: no query string, non-printable
+    characters %-escaped, at most 200 characters."""
+    path = target.split(b"?", 1)[0].split(b"#", 1)[0].decode("latin-1")
+    path = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), path)
+    return path if len(path) <= MAX_LOGGED_PATH else path[: MAX_LOGGED_PATH - 3] + "..."
