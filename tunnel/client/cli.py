@@ -20,7 +20,7 @@ from tunnel.client.connector import (
     TunnelClient,
 )
 from tunnel.client import admin_cli
-from tunnel.client.specs import SpecError, parse_expose, parse_pull
+from tunnel.client.specs import SpecError, apply_host_header, parse_expose, parse_pull
 from tunnel.credentials import load_local_credentials, default_state_dir
 
 
@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the kit listens on CONTAINER_PORT and forwards to this machine",
     )
     connect.add_argument(
+        "--host-header",
+        metavar="rewrite|VALUE",
+        help="for /http exposes: the Host header the kit sets ('rewrite': the local target)",
+    )
+    connect.add_argument(
         "--pull",
         action="append",
         default=[],
@@ -93,6 +98,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
 def _connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         exposes = [parse_expose(value) for value in args.expose]
+        if args.host_header is not None:
+            exposes = apply_host_header(exposes, args.host_header)
         pulls = [parse_pull(value) for value in args.pull]
     except SpecError as exc:
         err.write(f"hoody-tunnel: {exc}\n")

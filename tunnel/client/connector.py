@@ -395,7 +395,9 @@ class TunnelClient:
             req_id += 1
             result: AsyncResult[Event | None] = AsyncResult()
             self._binds[req_id] = result
-            session.send_bind(BindRequest(req_id, BindKind.EXPOSE, expose.container_port, expose.mode))
+            session.send_bind(
+                BindRequest(req_id, BindKind.EXPOSE, expose.container_port, expose.mode, expose.host_header)
+            )
             pending.append((req_id, f"--expose {expose.container_port}", result))
         for pull in self._pulls:
             req_id += 1

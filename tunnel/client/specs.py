@@ -3,6 +3,10 @@
 ``--expose CONTAINER_PORT[:[LOCAL_HOST:]LOCAL_PORT][/tcp|/http]``
     the kit listens on CONTAINER_PORT and forwards each connection to LOCAL_HOST:LOCAL_PORT on
     this machine (default 127.0.0.1 and the same port, mode tcp).
+``--host-header rewrite|VALUE``
+    for every ``/http`` expose, the Host header the kit sets on each request: ``rewrite`` sends
+    the local target (``LOCAL_HOST:LOCAL_PORT``), anything else is sent as it is
+    (docs/http-mode.md).
 ``--pull [BIND_HOST:]LOCAL_PORT[:CONTAINER_PORT]``
     this machine listens on BIND_HOST:LOCAL_PORT (default 127.0.0.1) and forwards each connection
     to CONTAINER_PORT in the container (default the same port). ``0:CONTAINER_PORT`` lets the OS
@@ -11,9 +15,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from tunnel.protocol.messages import BindMode
+
+#: ``--host-header rewrite``: the Host becomes the local target.
+HOST_HEADER_REWRITE = "rewrite"
 
 
 class SpecError(ValueError):
@@ -26,9 +34,11 @@ class ExposeSpec:
     local_host: str
     local_port: int
     mode: BindMode
+    host_header: str | None = None  # http mode: the Host the kit sets (None: unchanged)
 
     def describe(self) -> str:
-        return f"container :{self.container_port} -> {_hostport(self.local_host, self.local_port)} ({self.mode.value})"
+        mode = self.mode.value if self.host_header is None else f"{self.mode.value}, Host: {self.host_header}"
+        return f"container :{self.container_port} -> {_hostport(self.local_host, self.local_port)} ({mode})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +125,25 @@ def parse_pull(spec: str) -> PullSpec:
         local_port = _port(parts[0], "LOCAL_PORT", spec, allow_zero=True)
         return PullSpec(bind_host, local_port, _port(parts[1], "CONTAINER_PORT", spec))
     raise SpecError(f"{spec!r}: expected [BIND_HOST:]LOCAL_PORT[:CONTAINER_PORT]")
+
+
+def apply_host_header(exposes: list[ExposeSpec], value: str) -> list[ExposeSpec]:
+    """Give every ``/http`` expose the Host that ``--host-header value`` asks for.
+
+    Raises:
+        SpecError: no ``/http`` expose, or a value that cannot be a Host header (1 to 255
+            visible ASCII characters).
+    """
+    if not any(expose.mode is BindMode.HTTP for expose in exposes):
+        raise SpecError("--host-header needs an --expose ending in /http")
+    if not (0 < len(value) <= 255 and all("\x21" <= ch <= "\x7e" for ch in value)):
+        raise SpecError(f"--host-header: must be 'rewrite' or a Host value (visible ASCII, no spaces), got {value!r}")
+    return [
+        dataclasses.replace(
+            expose,
+            host_header=_hostport(expose.local_host, expose.local_port) if value == HOST_HEADER_REWRITE else value,
+        )
+        if expose.mode is BindMode.HTTP
+        else expose
+        for expose in exposes
+    ]
