@@ -111,12 +111,15 @@ class Metrics:
     Counters (Prometheus adds ``_total`` to the exported name):
 
     - ``sessions_opened_total``: sessions that completed HELLO/WELCOME (resumes not included).
-    - ``sessions_closed_total{reason}``: sessions that ended; reason e.g. ``normal``,
-      ``admin``, ``shutdown``, ``protocol_error``, ``timeout``, ``orphan_expired``.
-    - ``handshake_failures_total{reason}``: connections that never got a WELCOME; reason e.g.
-      ``auth_failed``, ``timeout``, ``protocol_error``, ``resume_failed``,
-      ``resource_exhausted``.
-    - ``streams_opened_total{kind}``: streams opened, kind ``EXPOSE`` or ``PULL``.
+    - ``sessions_closed_total{reason}``: sessions that ended (parking is not an end); reason is
+      how the connection ended (``peer_closed``, ``dead``, ``send_failed``, ``protocol_error``,
+      ``message_too_big``, ``internal_error``), or for a close by the kit the GOAWAY code
+      (``normal``, ``admin_close``, ``shutdown``, ``auth_failed``...), or ``expired`` (a parked
+      session's TTL ran out).
+    - ``handshake_failures_total{reason}``: connections that never got a WELCOME; reason
+      ``auth``, ``timeout``, ``protocol_error`` or ``resource_exhausted`` (refused resumes are
+      counted in ``resumes_total{outcome="failed"}``).
+    - ``streams_opened_total{kind}``: streams opened, kind ``expose`` or ``pull``.
     - ``streams_refused_total{reason}``: OPENs answered with RST, reason e.g. ``refused``,
       ``resource_exhausted``, ``connect_failed``, ``not_found``.
     - ``bytes_total{direction}``: DATA payload bytes through the kit; ``in`` = received from

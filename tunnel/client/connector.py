@@ -213,11 +213,10 @@ class TunnelClient:
             _ResumeRefused: the kit refused (RESUME_FAILED), or the session's TTL has passed.
             ClientError: a transient failure (try again later), or a fatal one (token refused).
         """
-        welcome = runner.session.welcome
-        ttl_s = (welcome.orphan_ttl_ms or 0) / 1000 if welcome is not None else 0.0
-        outage_s = time.monotonic() - self._lost_at
-        if outage_s > ttl_s:
-            raise _ResumeRefused(f"resume impossible after {outage_s:.1f} s (the kit keeps sessions {ttl_s:g} s)")
+        # No local give-up on the kit's TTL: a kit that expired the session answers
+        # RESUME_FAILED at once, and one that re-parked it meanwhile may hold it longer.
+        if runner.session.state.name != "DETACHED":
+            raise _ResumeRefused("the session was closed")
         transport = self._open_transport()
         if transport.subprotocol != self.protocol:
             transport.close()
@@ -236,10 +235,12 @@ class TunnelClient:
                 raise ClientError("no answer to the resume within the handshake timeout") from None
             if outcome is not Outcome.WELCOMED:
                 goaway = self._goaway
-                if goaway is not None and goaway.error_code == ErrorCode.RESUME_FAILED:
-                    raise _ResumeRefused(f"the kit refused the resume: {goaway.reason}")
                 if goaway is not None and goaway.error_code == ErrorCode.AUTH_FAILED:
                     raise ClientError(f"the server refused the token ({goaway.reason})", EXIT_AUTH, fatal=True)
+                if goaway is not None or runner.session.state.name == "CLOSED":
+                    # RESUME_FAILED, or any other refusal (e.g. no FD permit): this session is over.
+                    reason = _code_text(goaway) if goaway is not None else "the kit closed the session"
+                    raise _ResumeRefused(f"the kit refused the resume: {reason}")
                 raise ClientError("connection lost during the resume")
             resumed = True
             retransmitted = runner.session.statistics().bytes_retransmitted

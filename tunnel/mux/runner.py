@@ -18,7 +18,9 @@ serialising, and the single writer does that.
 Per-stream pumps (:mod:`tunnel.mux.pump`) live in the same group. A greenlet that dies with an
 unexpected exception fails the whole session (structured concurrency): it is logged and the
 connection ends. :meth:`run` returns why the connection ended; the owner then decides what
-happens to the streams (today: :meth:`close_streams`; a resumable session will park them).
+happens to the streams: :meth:`close_streams`, or, for a parked v2 session, nothing until a new
+connection is :meth:`attach` ed and :meth:`run` again (the delegate decides in
+``connection_ended``).
 """
 
 from __future__ import annotations
@@ -319,7 +321,9 @@ class SessionRunner:
         while self._run_id == run_id:
             now = self.clock()
             deadline = session.next_deadline()
-            delay_s = 1.0 if deadline is None else min(max(deadline - now, 0.0), 1.0)
+            # No deadline yet (before WELCOME): look again soon, so the first heartbeat is not
+            # a whole second late with a short interval.
+            delay_s = 0.05 if deadline is None else min(max(deadline - now, 0.0), 1.0)
             gevent.sleep(delay_s)
             session.handle_timer(self.clock())
             events = session.events_received()

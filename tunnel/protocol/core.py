@@ -52,7 +52,7 @@ from tunnel.protocol.heartbeat import Heartbeat
 from tunnel.protocol.messages import Hello, Welcome
 from tunnel.protocol.outbox import Outbox
 from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE, validate_bind_values
-from tunnel.protocol.replay import MAX_CLOSED_RECORDS
+from tunnel.protocol.replay import MAX_CLOSED_RECORDS, MAX_CLOSED_REPLAY_SIZE
 from tunnel.protocol.stream import Opener, Stream, StreamEffect, StreamInput, StreamState
 
 __all__ = ["MAX_REASON_SIZE", "SessionCore", "SessionState", "check_code", "truncate_text"]
@@ -188,6 +188,11 @@ class SessionCore:
         self._closed[stream.stream_id] = stream
         while len(self._closed) > MAX_CLOSED_RECORDS:
             del self._closed[next(iter(self._closed))]
+        if stream.ledger.replay:
+            kept = sum(len(record.ledger.replay) for record in self._closed.values())
+            while kept > MAX_CLOSED_REPLAY_SIZE and len(self._closed) > 1:
+                oldest = self._closed.pop(next(iter(self._closed)))
+                kept -= len(oldest.ledger.replay)
 
     @property
     def attached(self) -> bool:

@@ -12,7 +12,7 @@ acknowledged since the last WINDOW, we grant that many bytes back in one WINDOW 
 wire-protocol.md §5). So the peer can never have more than our window in flight, and memory per
 stream is bounded by it.
 
-Counters kept for statistics and, later, resume (wire-protocol.md §7): ``sent_bytes``,
+Counters kept for statistics and for resume (wire-protocol.md §7, protocol/resume.py): ``sent_bytes``,
 ``received_bytes`` and ``consumed_bytes`` (acknowledged).
 """
 

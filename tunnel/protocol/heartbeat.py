@@ -39,6 +39,7 @@ class Heartbeat:
         self.last_received_at: float | None = None
         self.rtt_s: float | None = None
         self._pings_in_silence = 0
+        self._first_ping_at: float | None = None  # first PING of the current silence
         self._dead_reported = False
         self._counter = 0
         self._outstanding: dict[bytes, float] = {}
@@ -56,6 +57,7 @@ class Heartbeat:
         """
         self.last_received_at = now
         self._pings_in_silence = 0
+        self._first_ping_at = None
         self._dead_reported = False
 
     def poll(self, now: float) -> tuple[bytes | None, float | None]:
@@ -73,7 +75,16 @@ class Heartbeat:
             self.last_received_at = now
             return None, None
         interval = self.interval_s
-        if not self._dead_reported and now >= last + _DEAD_AFTER_INTERVALS * interval:
+        # Dead only once a PING of this silence went unanswered for two intervals: a poll that
+        # comes late (a busy loop, a timer that slept through the handshake) must not declare a
+        # healthy peer dead that was never asked (found by an e2e test with a 200 ms heartbeat).
+        first_ping_at = self._first_ping_at
+        if (
+            not self._dead_reported
+            and now >= last + _DEAD_AFTER_INTERVALS * interval
+            and first_ping_at is not None
+            and now >= first_ping_at + (_DEAD_AFTER_INTERVALS - 1) * interval
+        ):
             self._dead_reported = True
             return None, now - last
         if self._dead_reported:
@@ -84,6 +95,8 @@ class Heartbeat:
         if due <= self._pings_in_silence:
             return None, None
         self._pings_in_silence = due
+        if self._first_ping_at is None:
+            self._first_ping_at = now
         self._counter += 1
         payload = _COUNTER.pack(self._counter)
         self._outstanding[payload] = now
@@ -104,7 +117,10 @@ class Heartbeat:
         interval = self.interval_s
         if self._pings_in_silence < _PINGS_PER_SILENCE:
             return last + (self._pings_in_silence + 1) * interval
-        return last + _DEAD_AFTER_INTERVALS * interval
+        dead_at = last + _DEAD_AFTER_INTERVALS * interval
+        if self._first_ping_at is not None:
+            dead_at = max(dead_at, self._first_ping_at + (_DEAD_AFTER_INTERVALS - 1) * interval)
+        return dead_at
 
     def pong(self, payload: bytes, now: float) -> float | None:
         """Match a PONG against our outstanding heartbeat PINGs.

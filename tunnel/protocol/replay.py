@@ -25,6 +25,10 @@ from __future__ import annotations
 #: only at risk if it is forgotten while its last bytes or its FIN are still in flight, which at
 #: this count means thousands of streams closing within one round trip.
 MAX_CLOSED_RECORDS = 1024
+#: Replay bytes all closed records of a session may keep together. No WINDOW follows a FIN, so
+#: a closed stream keeps its last uncredited bytes (up to a window) until the next handshake;
+#: without this cap a session with many short streams and no cut could hold 1024 windows.
+MAX_CLOSED_REPLAY_SIZE = 4 * 1024 * 1024
 
 
 class StreamLedger:

@@ -15,6 +15,8 @@ Session states::
 
     CLIENT: IDLE --send_hello--> HELLO_SENT --WELCOME--> OPEN --GOAWAY sent/received--> DRAINING
     SERVER: IDLE --HELLO--> HELLO_RECEIVED --send_welcome--> OPEN --GOAWAY...--> DRAINING
+    v2: OPEN --detach (WebSocket lost)--> DETACHED --resume (server) / WELCOME (client)--> OPEN
+        client: DETACHED --send_resume--> RESUMING --WELCOME(resumed)--> OPEN
     any --protocol error / connection_lost / GOAWAY before OPEN--> CLOSED
 
 Error model (house-style §4): a command that breaks the rules raises

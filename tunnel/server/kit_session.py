@@ -1,8 +1,9 @@
 """One tunnel session on the kit: handshake, bindings, streams and the permits it holds.
 
 A :class:`KitSession` is the :class:`~tunnel.mux.runner.RunnerDelegate` of the kit side. It is
-created when a WebSocket has been accepted and lives until the connection ends (today; resumable
-sessions will outlive a connection). Everything it spawns lives in its runner's group.
+created when a WebSocket has been accepted; a v1 session ends with its connection, a v2 session
+may be parked and resumed on later connections (server/resumption.py). Everything it spawns
+lives in its runner's group.
 
 Permits: the WebSocket holds one from :meth:`Kit.serve`; each EXPOSE listener one; each stream's
 local socket one. ``permits_held`` counts them and changes only next to the semaphore call, with
@@ -424,8 +425,8 @@ class KitSession:
                         log.warning("expose listener on port %d failed: %s", binding.port, exc)
                     return
                 # At maxStreams the accepted connection waits here for a slot (later ones wait in
-                # the backlog), rather than being refused.
-                if binding.closed or not runner.wait_stream_slot():
+                # the backlog), rather than being refused. While parked it waits for the resume.
+                if not self._wait_expose_slot(binding):
                     return
                 pump = self.open_expose_stream(binding, origin)
                 self._stream_permits.add(pump.stream_id)
@@ -438,6 +439,19 @@ class KitSession:
                     conn.close()
                 if permit:
                     self.give_permit()
+
+    def _wait_expose_slot(self, binding: Binding) -> bool:
+        """Wait until a stream may be opened for ``binding``; False once it never can."""
+        runner = self.runner
+        assert runner is not None
+        while True:
+            if binding.closed or self.state in (SessionState.CLOSING, SessionState.CLOSED):
+                return False
+            self.attached.wait()  # parked: until the resume (or the end, which sets it too)
+            if runner.wait_stream_slot() and not binding.closed:
+                return True
+            if not runner.detached:
+                return False  # the connection ended for good
 
     def _unbind(self, bind_id: int) -> None:
         binding = self.bindings.pop(bind_id, None)

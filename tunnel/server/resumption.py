@@ -137,6 +137,11 @@ def find_target(temp: KitSession, request: ResumeRequest) -> KitSession | None:
         return None
     if target.admin_killed or target.state not in (SessionState.ORPHANED, SessionState.ACTIVE):
         return None
+    session = target.runner.session
+    if session.goaway_sent is not None or session.goaway_received is not None:
+        return None  # closing (e.g. the client said GOAWAY): nothing to resume
+    if session.state.name not in ("OPEN", "DETACHED"):
+        return None
     if not target.protocol.endswith(".v2") or target.kit.draining:
         return None
     return target

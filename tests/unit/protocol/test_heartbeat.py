@@ -29,11 +29,26 @@ def test_pings_once_per_interval_of_silence_then_dead_once() -> None:
     assert heartbeat.deadline() == 105.0
 
 
-def test_a_long_gap_reports_death_without_pinging() -> None:
+def test_a_long_gap_pings_first_and_reports_death_two_intervals_later() -> None:
+    # A late poll (a busy loop) must not declare a peer dead that was never asked.
     heartbeat = Heartbeat(1.0)
     heartbeat.received(0.0)
-    assert heartbeat.poll(30.0) == (None, 30.0)
+    payload, silent_s = heartbeat.poll(30.0)
+    assert payload is not None and silent_s is None
+    assert heartbeat.deadline() == 32.0
+    assert heartbeat.poll(31.9) == (None, None)
+    assert heartbeat.poll(32.0) == (None, 32.0)
+    assert heartbeat.poll(40.0) == (None, None)  # reported once per silence
 
+
+def test_a_late_poll_answered_in_time_keeps_the_session() -> None:
+    heartbeat = Heartbeat(0.2)
+    heartbeat.received(0.0)
+    payload, _ = heartbeat.poll(1.0)  # the first poll comes after 5 intervals
+    assert payload is not None
+    assert heartbeat.pong(payload, 1.05) is not None
+    heartbeat.received(1.05)
+    assert heartbeat.poll(1.1) == (None, None)
 
 def test_pong_matching_and_rtt() -> None:
     heartbeat = Heartbeat(1.0)

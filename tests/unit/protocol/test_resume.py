@@ -311,3 +311,19 @@ def test_no_cut_means_no_resume_and_the_same_result() -> None:
     simulation = Simulation(5, cut_rate=0.0)
     simulation.run(streams=6, max_steps=60000)
     assert simulation.cuts == 0
+
+
+def test_closed_stream_records_are_bounded_in_count_and_bytes() -> None:
+    from tunnel.protocol.replay import MAX_CLOSED_RECORDS, MAX_CLOSED_REPLAY_SIZE
+
+    client = Simulation(3, cut_rate=0.0).client
+    chunk = b"z" * (WINDOW - 1)  # never credited back: the peer never sees it
+    for _ in range(2 * MAX_CLOSED_REPLAY_SIZE // len(chunk)):
+        stream_id = client.open_stream(1)
+        client.send_data(stream_id, chunk)
+        client.reset_stream(stream_id, ErrorCode.NORMAL)  # closed, its replay bytes kept
+        client.messages_to_send()
+    kept = [record.ledger for record in client._closed.values()]
+    assert len(kept) <= MAX_CLOSED_RECORDS
+    assert sum(len(ledger.replay) for ledger in kept) <= MAX_CLOSED_REPLAY_SIZE
+    assert len(kept) == MAX_CLOSED_REPLAY_SIZE // len(chunk)  # the newest are kept
