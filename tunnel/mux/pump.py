@@ -72,10 +72,10 @@ class StreamPump:
         self._greenlets: list[gevent.Greenlet[..., object]] = []
         self.bytes_to_local = 0
         self.bytes_from_local = 0
-        # Read at most a quarter of the peer's window at a time: the credit then comes back in
+        # Read at most half the peer's window at a time: the credit then comes back in
         # pieces while the rest is in flight (pipelining) instead of stop-and-wait per window.
         peer_window = runner.session.peer_window_size or MAX_READ_SIZE
-        self._read_size = max(MIN_READ_SIZE, min(MAX_READ_SIZE, peer_window // 4))
+        self._read_size = max(MIN_READ_SIZE, min(MAX_READ_SIZE, peer_window // 2))
 
     # -- called by the runner's reader greenlet: never blocks --------------------------------
 
