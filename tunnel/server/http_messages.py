@@ -23,10 +23,14 @@ __all__ = [
     "access_path",
     "bad_request",
     "check_request",
+    "chunk",
     "connect_error",
     "forwarding_headers",
+    "last_chunk",
     "method_label",
     "render_error",
+    "request_head",
+    "state_headers",
     "wants_json",
 ]
 
@@ -343,3 +347,41 @@ def access_path(target: bytes) -> str:
     path = target.split(b"?", 1)[0].split(b"#", 1)[0].decode("latin-1")
     path = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), path)
     return path if len(path) <= MAX_LOGGED_PATH else path[: MAX_LOGGED_PATH - 3] + "..."
+
+
+# -- request serialization (the head and chunked framing the kit forwards) -----------------------
+
+
+def request_head(method: bytes, target: bytes, headers: RawHeaders) -> bytes:
+    """``METHOD TARGET HTTP/1.1`` and the headers, as the kit forwards them.
+
+    Every value either came out of h11's parser (validated: no CR, LF or NUL) or was built by
+    :func:`forwarding_headers` from such values, the peer address and the BIND's validated
+    ``hostHeader``, so they are written as they are.
+    """
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes | bytearray) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1); never called with empty data."""
+    return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
+
+
+def last_chunk(trailers: RawHeaders) -> bytes:
+    """The zero-size chunk, the trailer fields, and the final CRLF."""
+    return b"0\r\n" + b"".join(name + b": " + value + b"\r\n" for name, value in trailers) + b"\r\n"
+
+
+_STATE_HEADERS = frozenset({b"connection", b"upgrade"})
+
+
+def state_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
+    """What h11's client needs to know of a forwarded request to read its response right: the
+    Connection and Upgrade headers (keep-alive, a protocol switch), plus a Host (h11 insists).
+    The body is framed by the kit itself, so it is declared empty to h11."""
+    kept = [(name.lower(), value) for name, value in headers if name.lower() in _STATE_HEADERS]
+    return [(b"host", b"kit"), *kept, (b"content-length", b"0")]

@@ -45,22 +45,23 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union, cast
 
 import gevent
 import h11
 from gevent.event import Event
-from gevent.socket import wait_read
 
-from tunnel.mux.pump import StreamPump
-from tunnel.protocol import ErrorCode, LocalProtocolError, SessionState as ProtocolState, UpstreamError
+from tunnel.protocol import ErrorCode, SessionState as ProtocolState, UpstreamError
 from tunnel.server import bindings as binding_io
 from tunnel.server import http_messages as messages
 from tunnel.server.http_messages import KitError
+from tunnel.server.http_stream import MAX_HEAD_SIZE, HttpStream, StreamGone
 
 if TYPE_CHECKING:
-    from tunnel.mux.runner import SessionRunner
+    from prometheus_client import Counter
+
+    from tunnel.metrics import Metrics
     from tunnel.server.bindings import Binding
     from tunnel.server.kit_session import KitSession
 
@@ -68,8 +69,6 @@ log = logging.getLogger("tunnel.http")
 #: One line per request: method, path without the query, status, bytes, duration, binding.
 access_log = logging.getLogger("tunnel.http.access")
 
-#: Largest request or response head (request line or status line plus headers).
-MAX_HEAD_SIZE = 64 * 1024
 #: Reads of the external socket while no stream exists yet (request heads).
 HEAD_READ_SIZE = 64 * 1024
 #: A keep-alive connection idle this long gives its stream back (the next request opens a new
@@ -77,8 +76,6 @@ HEAD_READ_SIZE = 64 * 1024
 STREAM_IDLE_S = 5.0
 #: A keep-alive connection idle this long between requests is closed.
 KEEPALIVE_IDLE_S = 75.0
-#: After our FIN, how long the client's side has to close the stream before it is reset.
-LINGER_S = 5.0
 #: After an error page: how long, and how much, the kit reads and drops of what the HTTP client
 #: still sends, so the close does not turn into a TCP reset that destroys the page in flight.
 DRAIN_S = 2.0
@@ -96,10 +93,6 @@ _NextEvent = Union[h11.Event, type[h11.NEED_DATA], type[h11.PAUSED]]
 _H11_DETAIL = re.compile(r":\s*(?:bytearray\(|b'|b\"|\().*$", re.DOTALL)
 
 
-class _StreamGone(Exception):
-    """The stream was reset or finished while a request still needed it."""
-
-
 class _ClientGone(Exception):
     """Writing to the external socket failed: the HTTP client left."""
 
@@ -107,198 +100,16 @@ class _ClientGone(Exception):
 class _BadUpstream(Exception):
     """The target's bytes are not a valid HTTP response, or ended before one was whole."""
 
+    def __init__(self, message: str, *, eof: bool) -> None:
+        super().__init__(message)
+        self.eof = eof  # the target had closed its side: a cut, rather than garbage
+
+
 
 def _h11_reason(exc: h11.ProtocolError) -> str:
     """h11's message without the received bytes it quotes (they could be anything)."""
     text = _H11_DETAIL.sub("", str(exc)).strip() or "malformed request"
     return text[:120]
-
-
-# -- the stream ----------------------------------------------------------------------------------
-
-
-class HttpStream(StreamPump):
-    """The stream of one HTTP connection: a StreamPump whose local side is an h11 client.
-
-    While the connection speaks HTTP it has no socket: :class:`HttpConnection` pushes request
-    bytes with :meth:`send_within_credit` and its responder pulls DATA with
-    :meth:`next_inbound`. After an upgrade, :meth:`start_relay` hands it the socket and it moves
-    bytes as any pump does.
-    """
-
-    def __init__(
-        self,
-        runner: SessionRunner,
-        stream_id: int,
-        *,
-        on_finished: Callable[[StreamPump], None] | None,
-        kit_session: KitSession,
-    ) -> None:
-        super().__init__(runner, stream_id, on_finished=on_finished)
-        self.kit_session = kit_session
-        self.client = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
-        self.reset_code: int | None = None  # from the RST (note_reset), None: the session ended
-        self.reset_reason = ""
-        self._reset_by_runner = False
-        self._relaying = False
-        self._finished_event = Event()
-
-    @classmethod
-    def adopt(cls, kit_session: KitSession, pump: StreamPump) -> HttpStream:
-        """Take the place of the pump ``open_stream`` just made (no yield since, so no DATA for it
-        can have arrived): same stream, same finish callback (the runner's bookkeeping)."""
-        runner = pump.runner
-        stream = cls(runner, pump.stream_id, on_finished=pump._on_finished, kit_session=kit_session)
-        runner.pumps[pump.stream_id] = stream
-        kit_session.http_streams[pump.stream_id] = stream
-        return stream
-
-    @property
-    def read_size(self) -> int:
-        return self._read_size
-
-    # -- called by the runner (reader greenlet: never blocks) -------------------------------
-
-    def reset(self) -> None:
-        """RST from the client, or the session ended. In the HTTP phase: wake the responder, which
-        answers 502/503; relaying: abort the socket as a tcp pump does."""
-        if self._relaying:
-            super().reset()
-            return
-        self._reset_by_runner = True
-        self._finish(abort=False)
-
-    def note_reset(self, code: int, reason: str) -> None:
-        """The RST's code and text (``KitSession.event_received``, right after :meth:`reset`)."""
-        self.reset_code = code
-        self.reset_reason = reason
-
-    def _finish(self, *, abort: bool) -> None:
-        if self._finished:
-            return
-        if not self._reset_by_runner:
-            # After reset() the StreamReset event still has to find it (then it is popped there).
-            self.kit_session.http_streams.pop(self.stream_id, None)
-        super()._finish(abort=abort)
-        self._finished_event.set()
-
-    # -- the HTTP phase -------------------------------------------------------------------------
-
-    def reusable(self) -> bool:
-        """True when the next request of the connection can go on this stream."""
-        return (
-            not self._finished
-            and not self._peer_fin
-            and not self._sent_fin
-            and not self._inbound  # bytes nobody asked for: the target is not speaking HTTP
-            and self.client.our_state is h11.IDLE
-            and self.client.their_state is h11.IDLE
-        )
-
-    def send_within_credit(self, data: bytes | bytearray | memoryview) -> int:
-        """Send ``data`` on the stream, waiting for credit as needed. Returns its size.
-
-        Raises:
-            _StreamGone: the stream was reset or finished meanwhile.
-        """
-        session = self.runner.session
-        stream_id = self.stream_id
-        # The session keeps bytes as they are and would copy a writable buffer anyway.
-        rest = data if isinstance(data, bytes) else bytes(data)
-        size = len(rest)
-        while rest:
-            if self._finished:
-                raise _StreamGone()
-            credit = session.outbound_credit(stream_id)
-            if credit <= 0:
-                self._credit_changed.clear()
-                if session.outbound_credit(stream_id) <= 0 and not self._finished:
-                    self._credit_changed.wait()
-                continue
-            if credit >= len(rest):
-                self.runner.send_data(stream_id, rest)
-                break
-            self.runner.send_data(stream_id, rest[:credit])
-            rest = rest[credit:]
-        self.bytes_from_local += size
-        return size
-
-    def next_inbound(self) -> bytes | memoryview | None:
-        """The next DATA from the client's side (the caller acknowledges it with
-        :meth:`consumed` once written out); None at its FIN.
-
-        Raises:
-            _StreamGone: the stream was reset or finished.
-        """
-        inbound = self._inbound
-        while True:
-            if self._finished:
-                raise _StreamGone()
-            if inbound:
-                return inbound.popleft()
-            if self._peer_fin:
-                return None
-            self._inbound_ready.clear()
-            if not inbound and not self._peer_fin and not self._finished:
-                self._inbound_ready.wait()
-
-    def consumed(self, size: int) -> None:
-        """``size`` bytes from :meth:`next_inbound` are written out: give the credit back."""
-        if size and not self._finished:
-            self.bytes_to_local += size
-            self.runner.acknowledge_data(self.stream_id, size, drained=not self._inbound)
-
-    def abort(self, reason: str) -> None:
-        """Reset the stream from our side (the request cannot go on)."""
-        if self._finished:
-            return
-        self.runner.reset_stream(self.stream_id, ErrorCode.NORMAL, reason)
-        self._finish(abort=False)
-
-    def release(self) -> None:
-        """The connection is done with the stream: FIN, then (in a greenlet) wait for the
-        client's side to close it too, dropping whatever it still sends."""
-        if self._finished or self._relaying:
-            return
-        if not self._sent_fin:
-            self._sent_fin = True
-            try:
-                self.runner.send_data(self.stream_id, b"", end_stream=True)
-            except LocalProtocolError:
-                # The session dropped the stream meanwhile (it is closing): nothing left to end.
-                self._finish(abort=False)
-                return
-        self.runner.spawn(self._linger)
-
-    def _linger(self) -> None:
-        deadline = time.monotonic() + LINGER_S
-        inbound = self._inbound
-        while not self._finished:
-            if inbound:
-                size = len(inbound.popleft())
-                self.runner.acknowledge_data(self.stream_id, size, drained=not inbound)
-                continue
-            if self._peer_fin:
-                self._finish(abort=False)
-                return
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                self.abort("http: the stream was not closed in time after the connection ended")
-                return
-            self._inbound_ready.clear()
-            if not inbound and not self._peer_fin:
-                self._inbound_ready.wait(remaining_s)
-
-    # -- after a 101 ----------------------------------------------------------------------------
-
-    def start_relay(self, sock: socket.socket) -> None:
-        """The protocol switched: move bytes between ``sock`` and the stream, as a tcp pump does.
-        The stream now owns the socket and closes it when done."""
-        self._relaying = True
-        self.connect(sock)
-
-    def wait_finished(self) -> None:
-        self._finished_event.wait()
 
 
 # -- one external connection ----------------------------------------------------------------------
@@ -327,11 +138,59 @@ class _Cycle:
     bytes_out: int = 0
     final_started: bool = False  # a final (or 101) response head went out: no error page now
     request_done: bool = False
+    chunked: bool = False  # the request body is chunked (and is forwarded chunked)
+    relayed_raw: bool = False  # the response went out as the target sent it
+    saw_eof: bool = False  # the target closed its side of the stream
     held: bool = False
     outcome: _Outcome = _Outcome.PENDING
-    done: Event = field(default_factory=Event)
+    client_keep_alive: bool = True  # the HTTP client may send another request after this one
+    target_keep_alive: bool = True  # the target keeps the stream's connection after this one
+    done: Event | None = None  # set when the response is over; only when a responder runs
     responder: gevent.Greenlet[..., object] | None = None
     recorded: bool = False
+
+
+class _Recorder:
+    """Metrics of one http binding, with the labelled children looked up once (labels() takes
+    a lock each time), and the access log."""
+
+    def __init__(self, metrics: Metrics, bind_id: int) -> None:
+        self.metrics = metrics
+        self.bind_id = bind_id
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self.request_bytes = metrics.http_bytes_total.labels(direction="request")
+        self.response_bytes = metrics.http_bytes_total.labels(direction="response")
+
+    def record(self, cycle: _Cycle) -> None:
+        duration_s = time.monotonic() - cycle.started
+        status = cycle.status
+        key = (messages.method_label(cycle.method), f"{status // 100}xx" if status else "none")
+        requests = self._requests.get(key)
+        if requests is None:
+            requests = self._requests[key] = self.metrics.http_requests_total.labels(
+                method=key[0], status_class=key[1]
+            )
+        requests.inc()
+        self.metrics.http_request_duration_seconds.observe(duration_s)
+        if cycle.bytes_in:
+            self.request_bytes.inc(cycle.bytes_in)
+        if cycle.bytes_out:
+            self.response_bytes.inc(cycle.bytes_out)
+        if cycle.error is not None:
+            self.metrics.http_error_responses_total.labels(cause=cycle.error.cause).inc()
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "http request: bind=%d method=%s path=%s status=%s bytes_in=%d bytes_out=%d "
+                "duration_ms=%.1f%s",
+                self.bind_id,
+                cycle.method.decode("ascii", "replace")[:16],
+                messages.access_path(cycle.target),
+                status or "-",
+                cycle.bytes_in,
+                cycle.bytes_out,
+                duration_s * 1000,
+                f" error={cycle.error.cause}" if cycle.error is not None else "",
+            )
 
 
 class HttpConnection:
@@ -346,6 +205,7 @@ class HttpConnection:
         *,
         refusal: KitError | None = None,
         idle_timeout_s: float = KEEPALIVE_IDLE_S,
+        recorder: _Recorder | None = None,
     ) -> None:
         runner = kit_session.runner
         assert runner is not None
@@ -356,6 +216,7 @@ class HttpConnection:
         self.origin = origin
         self.peer_ip = origin.rpartition(":")[0].strip("[]") or origin
         self.metrics = kit_session.kit.metrics
+        self.recorder = recorder or _Recorder(self.metrics, binding.bind_id)
         self.hold_s = kit_session.settings.http_hold_s
         self.server = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         self.stream: HttpStream | None = None
@@ -415,15 +276,16 @@ class HttpConnection:
         """Wait for the next request's bytes: give the stream back after STREAM_IDLE_S, close
         after the keep-alive timeout. None: closed, failed or timed out."""
         sock = self.sock
-        if self.stream is not None:
-            try:
-                wait_read(sock.fileno(), timeout=STREAM_IDLE_S)
-            except TimeoutError:
-                self._release_stream()
-            except OSError:
-                return None
-        sock.settimeout(self._idle_timeout_s)
+        idle_s = self._idle_timeout_s
         try:
+            if self.stream is not None and idle_s > STREAM_IDLE_S:
+                sock.settimeout(STREAM_IDLE_S)
+                try:
+                    return sock.recv(HEAD_READ_SIZE)
+                except TimeoutError:
+                    self._release_stream()
+                idle_s -= STREAM_IDLE_S
+            sock.settimeout(idle_s)
             return sock.recv(HEAD_READ_SIZE)  # b"" (EOF) goes to h11: ConnectionClosed
         except OSError:
             return None  # reset, or idle too long
@@ -450,31 +312,56 @@ class HttpConnection:
             host_header=self.binding.host_header,
             default_host=self.default_host,
         )
+        cycle.chunked = any(name.lower() == b"transfer-encoding" for name, _ in raw)
+        cycle.client_keep_alive = request.http_version == b"1.1" and not any(
+            name == b"connection" and b"close" in value.lower() for name, value in request.headers
+        )
         try:
-            upstream = h11.Request(method=request.method, target=request.target, headers=headers)
-        except h11.LocalProtocolError as exc:
+            first = self.server.next_event()  # the body's first event, or its end
+        except h11.RemoteProtocolError as exc:
             self._reply(cycle, messages.bad_request(_h11_reason(exc)))
             return False
         stream = self._stream_for(cycle)
         if stream is None:
             return False
-        head = stream.client.send(upstream)
-        assert head is not None
-        cycle.responder = self.runner.spawn(self._respond, stream, cycle)
-        self._forward_body(stream, cycle, head)
-        cycle.done.wait()
+        # The kit writes the head and frames the body itself; h11's client is told only what it
+        # needs to read the response right (method, keep-alive, upgrade). The values are h11's
+        # own, already validated: hence _parsed.
+        client = stream.client
+        client.send(h11.Request(
+            method=request.method, target=b"/", headers=messages.state_headers(headers), _parsed=True
+        ))
+        client.send(h11.EndOfMessage())
+        head = messages.request_head(request.method, request.target, headers)
+        if isinstance(first, h11.EndOfMessage):
+            # No body (most requests): send it all and read the response in this greenlet.
+            try:
+                cycle.bytes_in += stream.send_within_credit(
+                    head + messages.last_chunk(first.headers) if cycle.chunked else head
+                )
+                cycle.request_done = True
+            except StreamGone:
+                pass  # _respond answers for it
+            self._respond(stream, cycle)
+        else:
+            # A body: it streams up while a responder greenlet relays the response (which may
+            # come early, or be a 100 Continue the client waits for).
+            cycle.done = Event()
+            cycle.responder = self.runner.spawn(self._respond, stream, cycle)
+            self._forward_body(stream, cycle, head, first)
+            cycle.done.wait()
         return self._after_response(stream, cycle)
 
-    def _forward_body(self, stream: HttpStream, cycle: _Cycle, head: bytes) -> None:
+    def _forward_body(self, stream: HttpStream, cycle: _Cycle, head: bytes, first: _NextEvent) -> None:
         """The request head, then its body chunks as they come, within credit."""
         server = self.server
-        client = stream.client
         sock = self.sock
         read_size = stream.read_size
+        chunked = cycle.chunked
+        event = first
         try:
             cycle.bytes_in += stream.send_within_credit(head)
-            while not cycle.done.is_set():
-                event: _NextEvent = server.next_event()
+            while cycle.outcome is _Outcome.PENDING:
                 if event is h11.NEED_DATA:
                     try:
                         data = sock.recv(read_size)
@@ -482,21 +369,21 @@ class HttpConnection:
                         data = b""  # reset by the client: as good as EOF for the body
                     server.receive_data(data)
                 elif isinstance(event, h11.Data):
-                    for piece in client.send_with_data_passthrough(event) or ():
-                        cycle.bytes_in += stream.send_within_credit(piece)
+                    body = event.data
+                    cycle.bytes_in += stream.send_within_credit(messages.chunk(body) if chunked else body)
                 elif isinstance(event, h11.EndOfMessage):
-                    tail = client.send(h11.EndOfMessage(headers=event.headers))
-                    if tail:
-                        cycle.bytes_in += stream.send_within_credit(tail)
+                    if chunked:
+                        cycle.bytes_in += stream.send_within_credit(messages.last_chunk(event.headers))
                     cycle.request_done = True
                     return
                 else:
                     return  # cannot happen mid-request (h11 gives PAUSED only after EOM)
+                event = server.next_event()
         except h11.RemoteProtocolError as exc:
             # A malformed body (or the client left mid-body): the target must not get the rest.
             cycle.request_error = messages.bad_request(_h11_reason(exc))
             stream.abort("http: malformed request body")
-        except _StreamGone:
+        except StreamGone:
             pass  # the responder answers for it (502/503), or already did
 
     def _after_response(self, stream: HttpStream, cycle: _Cycle) -> bool:
@@ -506,12 +393,24 @@ class HttpConnection:
             return False
         if cycle.outcome is not _Outcome.COMPLETE or not cycle.request_done:
             return False
-        server = self.server
-        if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
+        if not (cycle.client_keep_alive and cycle.target_keep_alive):
             return False  # Connection: close (from either side), or HTTP/1.0
-        server.start_next_cycle()
+        server = self.server
+        if cycle.relayed_raw:
+            # h11's server never saw the response (its bytes went out as they came): a fresh
+            # one reads the next request, from what the client already sent (pipelining).
+            pipelined, closed = server.trailing_data
+            server = self.server = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+            if pipelined:
+                server.receive_data(pipelined)
+            if closed:
+                server.receive_data(b"")
+        elif server.our_state is h11.DONE and server.their_state is h11.DONE:
+            server.start_next_cycle()
+        else:
+            return False
         client = stream.client
-        if client.our_state is h11.DONE and client.their_state is h11.DONE:
+        if client.our_state is h11.DONE and client.their_state is h11.DONE and not stream.tainted:
             client.start_next_cycle()
         else:
             self._release_stream()  # the target closes after this response: next time, a new one
@@ -522,7 +421,7 @@ class HttpConnection:
         try:
             if trailing:
                 stream.send_within_credit(trailing)
-        except _StreamGone:
+        except StreamGone:
             return
         self._handed_over = True
         self.stream = None
@@ -612,82 +511,28 @@ class HttpConnection:
     # -- the response (the responder greenlet) ------------------------------------------------
 
     def _respond(self, stream: HttpStream, cycle: _Cycle) -> None:
-        """Relay the response from the stream to the external socket, or answer for the target."""
-        client = stream.client
-        server = self.server
-        out: list[bytes | bytearray] = []
-        unacked = 0
-        saw_eof = False
+        """Relay the response from the stream to the external socket, or answer for the target.
+
+        h11's client parses every response (boundaries, status, protocol switch, validity). To an
+        HTTP/1.1 client the target's bytes go out as they came, once h11 has parsed the head;
+        an HTTP/1.0 client gets the response re-framed by h11's server (no chunked coding).
+        """
         error: KitError | None = None
         try:
-            while True:
-                try:
-                    event: _NextEvent = client.next_event()
-                except h11.RemoteProtocolError as exc:
-                    raise _BadUpstream(_h11_reason(exc)) from None
-                if event is h11.NEED_DATA:
-                    self._flush(out, cycle)
-                    stream.consumed(unacked)
-                    unacked = 0
-                    chunk = stream.next_inbound()
-                    if chunk is None:
-                        saw_eof = True
-                        client.receive_data(b"")
-                    else:
-                        unacked = len(chunk)
-                        # h11 appends it to a bytearray: a memoryview slice works as it is.
-                        client.receive_data(cast(bytes, chunk))
-                elif isinstance(event, h11.Data):
-                    out.extend(server.send_with_data_passthrough(event) or ())
-                elif isinstance(event, h11.Response):
-                    cycle.status = event.status_code
-                    cycle.final_started = True
-                    out.append(_sent(server.send(
-                        h11.Response(status_code=event.status_code, headers=event.headers.raw_items(), reason=event.reason)
-                    )))
-                    if client.their_state is h11.SWITCHED_PROTOCOL:  # a 2xx to CONNECT
-                        self._switch(stream, cycle, out, unacked)
-                        return
-                elif isinstance(event, h11.InformationalResponse):
-                    out.append(_sent(server.send(
-                        h11.InformationalResponse(
-                            status_code=event.status_code, headers=event.headers.raw_items(), reason=event.reason
-                        )
-                    )))
-                    if client.their_state is h11.SWITCHED_PROTOCOL:  # 101
-                        cycle.status = event.status_code
-                        cycle.final_started = True
-                        self._switch(stream, cycle, out, unacked)
-                        return
-                elif isinstance(event, h11.EndOfMessage):
-                    out.append(_sent(server.send(h11.EndOfMessage(headers=event.headers))))
-                    self._flush(out, cycle)
-                    stream.consumed(unacked)
-                    cycle.outcome = _Outcome.COMPLETE
-                    if not cycle.request_done:
-                        # Answered before the whole request came: the rest cannot be forwarded
-                        # any more, nor the connection reused.
-                        stream.abort("http: response complete before the request")
-                        _shutdown_write(self.sock)
-                    return
-                else:
-                    raise _BadUpstream("the target closed the connection")
-        except _StreamGone:
+            if self.server.their_http_version == b"1.1":
+                self._respond_raw(stream, cycle)
+            else:
+                self._respond_reframed(stream, cycle)
+        except StreamGone:
             error = cycle.request_error or _stream_error(stream)
         except _BadUpstream as exc:
-            if saw_eof:
-                error = KitError(
-                    502,
-                    "upstream_reset",
-                    "The local service on the connected machine closed the connection before "
-                    "a whole response.",
-                )
-            else:
-                error = KitError(
-                    502,
-                    "bad_response",
-                    f"The local service on the connected machine sent an invalid HTTP response ({exc}).",
-                )
+            error = KitError(
+                502,
+                "upstream_reset" if exc.eof else "bad_response",
+                "The local service on the connected machine closed the connection before a whole "
+                "response." if exc.eof else
+                f"The local service on the connected machine sent an invalid HTTP response ({exc}).",
+            )
             stream.abort("http: invalid response")
         except h11.LocalProtocolError as exc:
             # The response cannot be framed for this client (h11 refuses it): give up on both.
@@ -701,33 +546,165 @@ class HttpConnection:
                 cycle.outcome = _Outcome.FAILED
                 if error is not None:
                     self._answer_failure(cycle, error)
-            cycle.done.set()
+            if cycle.done is not None:
+                cycle.done.set()
 
-    def _switch(self, stream: HttpStream, cycle: _Cycle, out: list[bytes | bytearray], unacked: int) -> None:
-        trailing, _ = stream.client.trailing_data  # the target's first bytes after the 101
-        if trailing:
-            out.append(trailing)
-        self._flush(out, cycle)
+    def _next_response_event(self, stream: HttpStream, cycle: _Cycle) -> _NextEvent:
+        try:
+            return stream.client.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise _BadUpstream(_h11_reason(exc), eof=cycle.saw_eof) from None
+
+    def _take_inbound(self, stream: HttpStream, cycle: _Cycle) -> bytes | memoryview:
+        """The next DATA, fed to h11's client too; b"" at the stream's FIN."""
+        chunk = stream.next_inbound()
+        if chunk is None:
+            cycle.saw_eof = True
+            stream.client.receive_data(b"")
+            return b""
+        # h11 appends it to a bytearray: a memoryview slice works as it is.
+        stream.client.receive_data(cast(bytes, chunk))
+        return chunk
+
+    def _respond_raw(self, stream: HttpStream, cycle: _Cycle) -> None:
+        client = stream.client
+        pending: list[bytes | bytearray | memoryview] = []  # received, not written yet
+        unacked = 0
+        informational = False
+        while True:
+            event = self._next_response_event(stream, cycle)
+            if event is h11.NEED_DATA:
+                if pending and cycle.final_started:
+                    self._write(pending, cycle)
+                elif pending and informational:
+                    # A 100 Continue must reach the client now; a final head still incomplete
+                    # stays back (an invalid one must not go out in part).
+                    self._write(pending, cycle, keep=len(client.trailing_data[0]))
+                stream.consumed(unacked)
+                chunk = self._take_inbound(stream, cycle)
+                unacked = len(chunk)
+                if chunk:
+                    pending.append(chunk)
+            elif isinstance(event, h11.Response):
+                cycle.status = event.status_code
+                cycle.final_started = True
+                if client.their_state is h11.SWITCHED_PROTOCOL:  # a 2xx to CONNECT
+                    self._switched(stream, cycle, pending, unacked)
+                    return
+            elif isinstance(event, h11.InformationalResponse):
+                informational = True
+                if client.their_state is h11.SWITCHED_PROTOCOL:  # 101
+                    cycle.status = event.status_code
+                    cycle.final_started = True
+                    self._switched(stream, cycle, pending, unacked)
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                # Bytes after the response's end: the target is talking out of turn. They stay
+                # out, and the stream is not used again.
+                leftover = len(client.trailing_data[0])
+                self._write(pending, cycle, keep=leftover)
+                stream.consumed(unacked)
+                stream.tainted = leftover > 0
+                cycle.target_keep_alive = client.their_state is h11.DONE and client.our_state is h11.DONE
+                cycle.relayed_raw = True
+                self._complete(stream, cycle)
+                return
+            elif not isinstance(event, h11.Data):  # Data: its bytes are in pending already
+                raise _BadUpstream("the target closed the connection", eof=True)
+
+    def _respond_reframed(self, stream: HttpStream, cycle: _Cycle) -> None:
+        client = stream.client
+        server = self.server
+        out: list[bytes | bytearray | memoryview] = []
+        unacked = 0
+        while True:
+            event = self._next_response_event(stream, cycle)
+            if event is h11.NEED_DATA:
+                self._write(out, cycle)
+                stream.consumed(unacked)
+                unacked = len(self._take_inbound(stream, cycle))
+            elif isinstance(event, h11.Data):
+                out.extend(server.send_with_data_passthrough(event) or ())
+            elif isinstance(event, (h11.Response, h11.InformationalResponse)):
+                if isinstance(event, h11.Response):
+                    cycle.status = event.status_code
+                    cycle.final_started = True
+                    answer: h11.Event = h11.Response(
+                        status_code=event.status_code, headers=event.headers.raw_items(), reason=event.reason
+                    )
+                else:
+                    answer = h11.InformationalResponse(
+                        status_code=event.status_code, headers=event.headers.raw_items(), reason=event.reason
+                    )
+                out.append(_sent(server.send(answer)))
+                if client.their_state is h11.SWITCHED_PROTOCOL:
+                    cycle.status = event.status_code
+                    cycle.final_started = True
+                    out.append(client.trailing_data[0])  # the target's first bytes after it
+                    self._write(out, cycle)
+                    stream.consumed(unacked)
+                    cycle.outcome = _Outcome.SWITCHED
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                out.append(_sent(server.send(h11.EndOfMessage(headers=event.headers))))
+                self._write(out, cycle)
+                stream.consumed(unacked)
+                stream.tainted = bool(client.trailing_data[0])
+                # The client's side may close; h11's server re-frames, so the HTTP client's
+                # connection can stay (the next request gets a new stream).
+                self._complete(stream, cycle)
+                return
+            else:
+                raise _BadUpstream("the target closed the connection", eof=True)
+
+    def _switched(
+        self,
+        stream: HttpStream,
+        cycle: _Cycle,
+        pending: list[bytes | bytearray | memoryview],
+        unacked: int,
+    ) -> None:
+        """The protocol switched: everything received goes out (the head and the target's first
+        bytes after it). From now on the stream relays bytes (HttpConnection._relay)."""
+        self._write(pending, cycle)
         stream.consumed(unacked)
         cycle.outcome = _Outcome.SWITCHED
 
-    def _flush(self, out: list[bytes | bytearray], cycle: _Cycle) -> None:
+    def _complete(self, stream: HttpStream, cycle: _Cycle) -> None:
+        cycle.outcome = _Outcome.COMPLETE
+        if not cycle.request_done:
+            # Answered before the whole request came: the rest cannot be forwarded any more,
+            # nor the connection reused.
+            stream.abort("http: response complete before the request")
+            _shutdown_write(self.sock)
+
+    def _write(self, out: list[bytes | bytearray | memoryview], cycle: _Cycle, keep: int = 0) -> None:
+        """Write ``out`` to the external socket, but for its last ``keep`` bytes (they stay)."""
         if not out:
             return
         sock = self.sock
-        size = sum(len(piece) for piece in out)
+        if keep:
+            data = b"".join(out)
+            out[:] = [data[len(data) - keep :]]
+            if len(data) == keep:
+                return
+            pieces: list[bytes | bytearray | memoryview] = [data[: len(data) - keep]]
+        else:
+            pieces = out
+        size = sum(len(piece) for piece in pieces)
         try:
-            if len(out) == 1:
-                sock.sendall(out[0])
+            if len(pieces) == 1:
+                sock.sendall(pieces[0])
             elif size <= JOIN_LIMIT:
-                sock.sendall(b"".join(out))
+                sock.sendall(b"".join(pieces))
             else:
-                for piece in out:
+                for piece in pieces:
                     sock.sendall(piece)
         except OSError:
             raise _ClientGone() from None
         cycle.bytes_out += size
-        out.clear()
+        if not keep:
+            out.clear()
 
     def _answer_failure(self, cycle: _Cycle, error: KitError) -> None:
         """The response failed: an error page if nothing of a final response went out yet,
@@ -757,36 +734,9 @@ class HttpConnection:
 
     def _record(self, cycle: _Cycle) -> None:
         """Metrics and the access-log line, once per request."""
-        if cycle.recorded:
-            return
-        cycle.recorded = True
-        duration_s = time.monotonic() - cycle.started
-        metrics = self.metrics
-        status = cycle.status
-        metrics.http_requests_total.labels(
-            method=messages.method_label(cycle.method),
-            status_class=f"{status // 100}xx" if status else "none",
-        ).inc()
-        metrics.http_request_duration_seconds.observe(duration_s)
-        if cycle.bytes_in:
-            metrics.http_bytes_total.labels(direction="request").inc(cycle.bytes_in)
-        if cycle.bytes_out:
-            metrics.http_bytes_total.labels(direction="response").inc(cycle.bytes_out)
-        if cycle.error is not None:
-            metrics.http_error_responses_total.labels(cause=cycle.error.cause).inc()
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "http request: bind=%d method=%s path=%s status=%s bytes_in=%d bytes_out=%d "
-                "duration_ms=%.1f%s",
-                self.binding.bind_id,
-                cycle.method.decode("ascii", "replace")[:16],
-                messages.access_path(cycle.target),
-                status or "-",
-                cycle.bytes_in,
-                cycle.bytes_out,
-                duration_s * 1000,
-                f" error={cycle.error.cause}" if cycle.error is not None else "",
-            )
+        if not cycle.recorded:
+            cycle.recorded = True
+            self.recorder.record(cycle)
 
     def _answer_on_exit(self) -> None:
         """Killed (the session ended) with a request unanswered: a last 503, without blocking."""
@@ -812,7 +762,7 @@ class HttpConnection:
             cycle.responder.kill(block=False)
         stream, self.stream = self.stream, None
         if stream is not None and not self._handed_over:
-            if cycle is not None and not cycle.done.is_set():
+            if cycle is not None and cycle.outcome is _Outcome.PENDING:
                 stream.abort("http: the connection closed mid-request")
             else:
                 stream.release()
@@ -847,6 +797,7 @@ def accept_loop(kit_session: KitSession, binding: Binding) -> None:
     assert runner is not None and listener is not None
     metrics = kit_session.kit.metrics
     overflow = _Overflow()
+    recorder = _Recorder(metrics, binding.bind_id)
     while not binding.closed:
         try:
             binding_io.wait_acceptable(listener)
@@ -877,12 +828,18 @@ def accept_loop(kit_session: KitSession, binding: Binding) -> None:
                 return
             on_closed: Callable[[], None]
             if refusal is None:
-                connection = HttpConnection(kit_session, binding, conn, origin)
+                connection = HttpConnection(kit_session, binding, conn, origin, recorder=recorder)
                 on_closed = kit_session.give_permit
             else:
                 overflow.count += 1
                 connection = HttpConnection(
-                    kit_session, binding, conn, origin, refusal=refusal, idle_timeout_s=OVERFLOW_HEAD_TIMEOUT_S
+                    kit_session,
+                    binding,
+                    conn,
+                    origin,
+                    refusal=refusal,
+                    idle_timeout_s=OVERFLOW_HEAD_TIMEOUT_S,
+                    recorder=recorder,
                 )
                 on_closed = overflow.release
             runner.spawn(connection.run, on_closed)

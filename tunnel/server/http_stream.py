@@ -1,0 +1,228 @@
+"""The stream of one HTTP-mode connection (see :mod:`tunnel.server.http_mode`).
+
+An :class:`HttpStream` is a :class:`~tunnel.mux.pump.StreamPump` without a socket while the
+connection speaks HTTP: the connection pushes request bytes with
+:meth:`HttpStream.send_within_credit` and pulls the response's DATA with
+:meth:`HttpStream.next_inbound`, acknowledging it with :meth:`HttpStream.consumed` once written
+out. After a protocol switch (101), :meth:`HttpStream.start_relay` hands it the socket and it moves
+bytes as any pump does.
+
+A reset from the runner (RST received, or the session ended) finishes the stream without touching
+any socket: the connection answers 502/503 instead. ``KitSession.event_received`` hands over the
+RST's code and text right after, through ``KitSession.http_streams``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import h11
+from gevent.event import Event
+
+from tunnel.mux.pump import StreamPump
+from tunnel.protocol import ErrorCode, LocalProtocolError
+
+if TYPE_CHECKING:
+    from tunnel.mux.runner import SessionRunner
+    from tunnel.server.kit_session import KitSession
+
+#: Largest response head (status line plus headers).
+MAX_HEAD_SIZE = 64 * 1024
+#: After our FIN, how long the client's side has to close the stream before it is reset.
+LINGER_S = 5.0
+
+
+class StreamGone(Exception):
+    """The stream was reset or finished while a request still needed it."""
+
+
+class HttpStream(StreamPump):
+    """The stream of one HTTP connection: a StreamPump whose local side is an h11 client.
+
+    While the connection speaks HTTP it has no socket: :class:`HttpConnection` pushes request
+    bytes with :meth:`send_within_credit` and its responder pulls DATA with
+    :meth:`next_inbound`. After an upgrade, :meth:`start_relay` hands it the socket and it moves
+    bytes as any pump does.
+    """
+
+    def __init__(
+        self,
+        runner: SessionRunner,
+        stream_id: int,
+        *,
+        on_finished: Callable[[StreamPump], None] | None,
+        kit_session: KitSession,
+    ) -> None:
+        super().__init__(runner, stream_id, on_finished=on_finished)
+        self.kit_session = kit_session
+        self.client = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self.reset_code: int | None = None  # from the RST (note_reset), None: the session ended
+        self.reset_reason = ""
+        self._reset_by_runner = False
+        self._relaying = False
+        self._finished_event = Event()
+        self.tainted = False  # the target sent bytes beyond a response: do not reuse
+
+    @classmethod
+    def adopt(cls, kit_session: KitSession, pump: StreamPump) -> HttpStream:
+        """Take the place of the pump ``open_stream`` just made (no yield since, so no DATA for it
+        can have arrived): same stream, same finish callback (the runner's bookkeeping)."""
+        runner = pump.runner
+        stream = cls(runner, pump.stream_id, on_finished=pump._on_finished, kit_session=kit_session)
+        runner.pumps[pump.stream_id] = stream
+        kit_session.http_streams[pump.stream_id] = stream
+        return stream
+
+    @property
+    def read_size(self) -> int:
+        return self._read_size
+
+    # -- called by the runner (reader greenlet: never blocks) -------------------------------
+
+    def reset(self) -> None:
+        """RST from the client, or the session ended. In the HTTP phase: wake the responder, which
+        answers 502/503; relaying: abort the socket as a tcp pump does."""
+        if self._relaying:
+            super().reset()
+            return
+        self._reset_by_runner = True
+        self._finish(abort=False)
+
+    def note_reset(self, code: int, reason: str) -> None:
+        """The RST's code and text (``KitSession.event_received``, right after :meth:`reset`)."""
+        self.reset_code = code
+        self.reset_reason = reason
+
+    def _finish(self, *, abort: bool) -> None:
+        if self._finished:
+            return
+        if not self._reset_by_runner:
+            # After reset() the StreamReset event still has to find it (then it is popped there).
+            self.kit_session.http_streams.pop(self.stream_id, None)
+        super()._finish(abort=abort)
+        self._finished_event.set()
+
+    # -- the HTTP phase -------------------------------------------------------------------------
+
+    def reusable(self) -> bool:
+        """True when the next request of the connection can go on this stream."""
+        return (
+            not self._finished
+            and not self._peer_fin
+            and not self._sent_fin
+            and not self._inbound  # bytes nobody asked for: the target is not speaking HTTP
+            and not self.tainted
+            and self.client.our_state is h11.IDLE
+            and self.client.their_state is h11.IDLE
+        )
+
+    def send_within_credit(self, data: bytes | bytearray | memoryview) -> int:
+        """Send ``data`` on the stream, waiting for credit as needed. Returns its size.
+
+        Raises:
+            StreamGone: the stream was reset or finished meanwhile.
+        """
+        session = self.runner.session
+        stream_id = self.stream_id
+        # The session keeps bytes as they are and would copy a writable buffer anyway.
+        rest = data if isinstance(data, bytes) else bytes(data)
+        size = len(rest)
+        while rest:
+            if self._finished:
+                raise StreamGone()
+            credit = session.outbound_credit(stream_id)
+            if credit <= 0:
+                self._credit_changed.clear()
+                if session.outbound_credit(stream_id) <= 0 and not self._finished:
+                    self._credit_changed.wait()
+                continue
+            if credit >= len(rest):
+                self.runner.send_data(stream_id, rest)
+                break
+            self.runner.send_data(stream_id, rest[:credit])
+            rest = rest[credit:]
+        self.bytes_from_local += size
+        return size
+
+    def next_inbound(self) -> bytes | memoryview | None:
+        """The next DATA from the client's side (the caller acknowledges it with
+        :meth:`consumed` once written out); None at its FIN.
+
+        Raises:
+            StreamGone: the stream was reset or finished.
+        """
+        inbound = self._inbound
+        while True:
+            if self._finished:
+                raise StreamGone()
+            if inbound:
+                return inbound.popleft()
+            if self._peer_fin:
+                return None
+            self._inbound_ready.clear()
+            if not inbound and not self._peer_fin and not self._finished:
+                self._inbound_ready.wait()
+
+    def consumed(self, size: int) -> None:
+        """``size`` bytes from :meth:`next_inbound` are written out: give the credit back."""
+        if size and not self._finished:
+            self.bytes_to_local += size
+            self.runner.acknowledge_data(self.stream_id, size, drained=not self._inbound)
+
+    def abort(self, reason: str) -> None:
+        """Reset the stream from our side (the request cannot go on)."""
+        if self._finished:
+            return
+        self.runner.reset_stream(self.stream_id, ErrorCode.NORMAL, reason)
+        self._finish(abort=False)
+
+    def release(self) -> None:
+        """The connection is done with the stream: FIN, then (in a greenlet) wait for the
+        client's side to close it too, dropping whatever it still sends."""
+        if self._finished or self._relaying:
+            return
+        if not self._sent_fin:
+            self._sent_fin = True
+            try:
+                self.runner.send_data(self.stream_id, b"", end_stream=True)
+            except LocalProtocolError:
+                # The session dropped the stream meanwhile (it is closing): nothing left to end.
+                self._finish(abort=False)
+                return
+        self.runner.spawn(self._linger)
+
+    def _linger(self) -> None:
+        deadline = time.monotonic() + LINGER_S
+        inbound = self._inbound
+        while not self._finished:
+            if inbound:
+                size = len(inbound.popleft())
+                self.runner.acknowledge_data(self.stream_id, size, drained=not inbound)
+                continue
+            if self._peer_fin:
+                self._finish(abort=False)
+                return
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                self.abort("http: the stream was not closed in time after the connection ended")
+                return
+            self._inbound_ready.clear()
+            if not inbound and not self._peer_fin:
+                self._inbound_ready.wait(remaining_s)
+
+    # -- after a 101 ----------------------------------------------------------------------------
+
+    def start_relay(self, sock: socket.socket) -> None:
+        """The protocol switched: move bytes between ``sock`` and the stream, as a tcp pump does.
+        The stream now owns the socket and closes it when done."""
+        self._relaying = True
+        self.connect(sock)
+
+    def wait_finished(self) -> None:
+        self._finished_event.wait()
+
+
+__all__ = ["HttpStream", "StreamGone"]
