@@ -413,9 +413,13 @@ def test_streams_stay_byte_exact_through_random_cuts(make_kit: MakeKit, seed: in
         report = _report(seed, window, proxy, chaos, client, outcomes)
         if hung:
             far = {t.name: sorted(t.results) for t in (pull_target, expose_target)}
+            try:
+                kit_view: Any = admin(kit, "/sessions")
+            except Exception as exc:  # noqa: BLE001 - a report, not a check
+                kit_view = repr(exc)
             raise AssertionError(
                 f"{len(hung)} streams did not finish: {hung}\nfar ends finished: {far}\n"
-                f"kit /sessions: {admin(kit, '/sessions')}\n{report}"
+                f"kit /sessions: {kit_view}\n{report}"
             )
 
         # Every stream byte-exact both ways.
