@@ -37,7 +37,7 @@ from tunnel.client import connector
 from tunnel.client.connector import ClientOptions, TunnelClient
 from tunnel.client.specs import apply_host_header, parse_expose
 from tunnel.config import Settings
-from tunnel.server import http_mode
+from tunnel.server import http_connection
 from tunnel.server.handler import TunnelWebSocketHandler
 from tunnel.server.kit import Kit
 from tunnel.server.kit_session import KitSession
@@ -418,7 +418,7 @@ def test_503_when_out_of_fd_permits(make_harness: MakeHarness) -> None:
 
 
 def test_idle_keep_alive_connection_gives_its_stream_back(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http_mode, "STREAM_IDLE_S", 0.2)
+    monkeypatch.setattr(http_connection, "STREAM_IDLE_S", 0.2)
     port = harness.start_client()
     client = harness.http(port)
     assert client.request("GET", "/headers").status == 200

@@ -1,0 +1,492 @@
+"""HTTP mode, one external connection: requests, the stream, the kit's own answers.
+
+See :mod:`tunnel.server.http_mode` for the theory of operation; the response side is in
+:mod:`tunnel.server.http_response`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import gevent
+import h11
+from gevent.event import Event
+
+from tunnel.protocol import SessionState as ProtocolState
+from tunnel.server import http_messages as messages
+from tunnel.server.http_messages import KitError
+from tunnel.server.http_response import (
+    RETRY_AFTER_BUSY_S,
+    RETRY_AFTER_RECONNECTING_S,
+    Cycle,
+    NextEvent,
+    Outcome,
+    ResponseRelay,
+    closed_error,
+    h11_reason,
+)
+from tunnel.server.http_stream import MAX_HEAD_SIZE, HttpStream, StreamGone
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from tunnel.metrics import Metrics
+    from tunnel.server.bindings import Binding
+    from tunnel.server.kit_session import KitSession
+
+log = logging.getLogger("tunnel.http")
+#: One line per request: method, path without the query, status, bytes, duration, binding.
+access_log = logging.getLogger("tunnel.http.access")
+
+#: Reads of the external socket while no stream exists yet (request heads).
+HEAD_READ_SIZE = 64 * 1024
+#: A keep-alive connection idle this long gives its stream back (the next request opens a new
+#: one), so idle browser connections do not hold the session's maxStreams slots.
+STREAM_IDLE_S = 5.0
+#: A keep-alive connection idle this long between requests is closed.
+KEEPALIVE_IDLE_S = 75.0
+#: After an error page: how long, and how much, the kit reads and drops of what the HTTP client
+#: still sends, so the close does not turn into a TCP reset that destroys the page in flight.
+DRAIN_S = 2.0
+DRAIN_MAX_BYTES = 1 << 20
+
+
+class Recorder:
+    """Metrics of one http binding, with the labelled children looked up once (labels() takes
+    a lock each time), and the access log."""
+
+    def __init__(self, metrics: Metrics, bind_id: int) -> None:
+        self.metrics = metrics
+        self.bind_id = bind_id
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self.request_bytes = metrics.http_bytes_total.labels(direction="request")
+        self.response_bytes = metrics.http_bytes_total.labels(direction="response")
+
+    def record(self, cycle: Cycle) -> None:
+        duration_s = time.monotonic() - cycle.started
+        status = cycle.status
+        key = (messages.method_label(cycle.method), f"{status // 100}xx" if status else "none")
+        requests = self._requests.get(key)
+        if requests is None:
+            requests = self._requests[key] = self.metrics.http_requests_total.labels(
+                method=key[0], status_class=key[1]
+            )
+        requests.inc()
+        self.metrics.http_request_duration_seconds.observe(duration_s)
+        if cycle.bytes_in:
+            self.request_bytes.inc(cycle.bytes_in)
+        if cycle.bytes_out:
+            self.response_bytes.inc(cycle.bytes_out)
+        if cycle.error is not None:
+            self.metrics.http_error_responses_total.labels(cause=cycle.error.cause).inc()
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "http request: bind=%d method=%s path=%s status=%s bytes_in=%d bytes_out=%d "
+                "duration_ms=%.1f%s",
+                self.bind_id,
+                cycle.method.decode("ascii", "replace")[:16],
+                messages.access_path(cycle.target),
+                status or "-",
+                cycle.bytes_in,
+                cycle.bytes_out,
+                duration_s * 1000,
+                f" error={cycle.error.cause}" if cycle.error is not None else "",
+            )
+
+
+class HttpConnection(ResponseRelay):
+    """One accepted connection of an http binding, request by request."""
+
+    def __init__(
+        self,
+        kit_session: KitSession,
+        binding: Binding,
+        sock: socket.socket,
+        origin: str,
+        *,
+        refusal: KitError | None = None,
+        idle_timeout_s: float = KEEPALIVE_IDLE_S,
+        recorder: Recorder | None = None,
+    ) -> None:
+        runner = kit_session.runner
+        assert runner is not None
+        self.kit_session = kit_session
+        self.runner = runner
+        self.binding = binding
+        self.sock = sock
+        self.origin = origin
+        self.peer_ip = origin.rpartition(":")[0].strip("[]") or origin
+        self.metrics = kit_session.kit.metrics
+        self.recorder = recorder or Recorder(self.metrics, binding.bind_id)
+        self.hold_s = kit_session.settings.http_hold_s
+        self.server = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self.stream: HttpStream | None = None
+        self.cycle: Cycle | None = None
+        self._refusal = refusal  # answer every request with this (no FD permit: 503)
+        self._idle_timeout_s = idle_timeout_s
+        self._drain_on_close = False
+        self._handed_over = False  # the stream owns the socket (relay after a 101)
+        try:
+            host, port = sock.getsockname()[:2]
+            self.default_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except OSError:
+            self.default_host = f"localhost:{binding.port}"
+
+    def run(self, on_closed: Callable[[], None]) -> None:
+        """Serve the connection until it closes; then ``on_closed()`` (gives the permit back)."""
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._serve()
+        except gevent.GreenletExit:
+            self._answer_on_exit()
+            raise
+        finally:
+            try:
+                self._close()
+            finally:
+                on_closed()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            request = self._next_request()
+            if request is None or not self._serve_request(request):
+                return
+
+    def _next_request(self) -> h11.Request | None:
+        server = self.server
+        while True:
+            try:
+                event: NextEvent = server.next_event()
+            except h11.RemoteProtocolError as exc:
+                cycle = self._new_cycle(b"-", b"-", None, head_only=False)
+                self._reply(cycle, messages.bad_request(h11_reason(exc), exc.error_status_hint))
+                return None
+            if event is h11.NEED_DATA:
+                data = self._read_between_requests()
+                if data is None:
+                    return None
+                server.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                return event
+            return None  # ConnectionClosed: the client is done
+
+    def _read_between_requests(self) -> bytes | None:
+        """Wait for the next request's bytes: give the stream back after STREAM_IDLE_S, close
+        after the keep-alive timeout. None: closed, failed or timed out."""
+        sock = self.sock
+        idle_s = self._idle_timeout_s
+        try:
+            if self.stream is not None and idle_s > STREAM_IDLE_S:
+                sock.settimeout(STREAM_IDLE_S)
+                try:
+                    return sock.recv(HEAD_READ_SIZE)
+                except TimeoutError:
+                    self._release_stream()
+                idle_s -= STREAM_IDLE_S
+            sock.settimeout(idle_s)
+            return sock.recv(HEAD_READ_SIZE)  # b"" (EOF) goes to h11: ConnectionClosed
+        except OSError:
+            return None  # reset, or idle too long
+        finally:
+            sock.settimeout(None)
+
+    def _new_cycle(self, method: bytes, target: bytes, accept: bytes | None, *, head_only: bool) -> Cycle:
+        self.cycle = Cycle(time.monotonic(), method, target, accept, head_only)
+        return self.cycle
+
+    def _serve_request(self, request: h11.Request) -> bool:
+        """Forward one request and relay its response. False: the connection is over."""
+        accept = b",".join(value for name, value in request.headers if name == b"accept") or None
+        cycle = self._new_cycle(request.method, request.target, accept, head_only=request.method == b"HEAD")
+        raw = request.headers.raw_items()
+        refusal = self._refusal or messages.check_request(request.http_version, raw)
+        if refusal is not None:
+            self._reply(cycle, refusal)
+            return False
+        headers = messages.forwarding_headers(
+            raw,
+            peer_ip=self.peer_ip,
+            port=self.binding.port,
+            host_header=self.binding.host_header,
+            default_host=self.default_host,
+        )
+        cycle.chunked = any(name.lower() == b"transfer-encoding" for name, _ in raw)
+        cycle.client_keep_alive = request.http_version == b"1.1" and not any(
+            name == b"connection" and b"close" in value.lower() for name, value in request.headers
+        )
+        try:
+            first = self.server.next_event()  # the body's first event, or its end
+        except h11.RemoteProtocolError as exc:
+            self._reply(cycle, messages.bad_request(h11_reason(exc)))
+            return False
+        stream = self._stream_for(cycle)
+        if stream is None:
+            return False
+        # The kit writes the head and frames the body itself; h11's client is told only what it
+        # needs to read the response right (method, keep-alive, upgrade). The values are h11's
+        # own, already validated: hence _parsed.
+        client = stream.client
+        client.send(h11.Request(
+            method=request.method, target=b"/", headers=messages.state_headers(headers), _parsed=True
+        ))
+        client.send(h11.EndOfMessage())
+        head = messages.request_head(request.method, request.target, headers)
+        if isinstance(first, h11.EndOfMessage):
+            # No body (most requests): send it all and read the response in this greenlet.
+            try:
+                cycle.bytes_in += stream.send_within_credit(
+                    head + messages.last_chunk(first.headers) if cycle.chunked else head
+                )
+                cycle.request_done = True
+            except StreamGone:
+                pass  # _respond answers for it
+            self._respond(stream, cycle)
+        else:
+            # A body: it streams up while a responder greenlet relays the response (which may
+            # come early, or be a 100 Continue the client waits for).
+            cycle.done = Event()
+            cycle.responder = self.runner.spawn(self._respond, stream, cycle)
+            self._forward_body(stream, cycle, head, first)
+            cycle.done.wait()
+        return self._after_response(stream, cycle)
+
+    def _forward_body(self, stream: HttpStream, cycle: Cycle, head: bytes, first: NextEvent) -> None:
+        """The request head, then its body chunks as they come, within credit."""
+        server = self.server
+        sock = self.sock
+        read_size = stream.read_size
+        chunked = cycle.chunked
+        event = first
+        try:
+            cycle.bytes_in += stream.send_within_credit(head)
+            while cycle.outcome is Outcome.PENDING:
+                if event is h11.NEED_DATA:
+                    try:
+                        data = sock.recv(read_size)
+                    except OSError:
+                        data = b""  # reset by the client: as good as EOF for the body
+                    server.receive_data(data)
+                elif isinstance(event, h11.Data):
+                    body = event.data
+                    cycle.bytes_in += stream.send_within_credit(messages.chunk(body) if chunked else body)
+                elif isinstance(event, h11.EndOfMessage):
+                    if chunked:
+                        cycle.bytes_in += stream.send_within_credit(messages.last_chunk(event.headers))
+                    cycle.request_done = True
+                    return
+                else:
+                    return  # cannot happen mid-request (h11 gives PAUSED only after EOM)
+                event = server.next_event()
+        except h11.RemoteProtocolError as exc:
+            # A malformed body (or the client left mid-body): the target must not get the rest.
+            cycle.request_error = messages.bad_request(h11_reason(exc))
+            stream.abort("http: malformed request body")
+        except StreamGone:
+            pass  # the responder answers for it (502/503), or already did
+
+    def _after_response(self, stream: HttpStream, cycle: Cycle) -> bool:
+        self._record(cycle)
+        if cycle.outcome is Outcome.SWITCHED:
+            self._relay(stream)
+            return False
+        if cycle.outcome is not Outcome.COMPLETE or not cycle.request_done:
+            return False
+        if not (cycle.client_keep_alive and cycle.target_keep_alive):
+            return False  # Connection: close (from either side), or HTTP/1.0
+        server = self.server
+        if cycle.relayed_raw:
+            # h11's server never saw the response (its bytes went out as they came): a fresh
+            # one reads the next request, from what the client already sent (pipelining).
+            pipelined, closed = server.trailing_data
+            server = self.server = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+            if pipelined:
+                server.receive_data(pipelined)
+            if closed:
+                server.receive_data(b"")
+        elif server.our_state is h11.DONE and server.their_state is h11.DONE:
+            server.start_next_cycle()
+        else:
+            return False
+        client = stream.client
+        if client.our_state is h11.DONE and client.their_state is h11.DONE and not stream.tainted:
+            client.start_next_cycle()
+        else:
+            self._release_stream()  # the target closes after this response: next time, a new one
+        return True
+
+    def _relay(self, stream: HttpStream) -> None:
+        trailing, _ = self.server.trailing_data  # what the client sent after the upgrade request
+        try:
+            if trailing:
+                stream.send_within_credit(trailing)
+        except StreamGone:
+            return
+        self._handed_over = True
+        self.stream = None
+        stream.start_relay(self.sock)
+        stream.wait_finished()
+
+    # -- the stream -----------------------------------------------------------------------------
+
+    def _stream_for(self, cycle: Cycle) -> HttpStream | None:
+        """The stream for this request: the connection's, or a new one. None: answered 503."""
+        kit_session = self.kit_session
+        if not kit_session.attached.is_set() and not self._hold(cycle):
+            return None
+        stream = self.stream
+        if stream is not None:
+            if stream.reusable():
+                return stream
+            self._release_stream()
+        session = self.runner.session
+        if not session.can_open_stream() and cycle.held:
+            # Right after a resume the OPENs re-sent by the session go first: wait for them.
+            remaining_s = cycle.started + self.hold_s - time.monotonic()
+            if remaining_s > 0:
+                self.runner.wait_stream_slot(remaining_s)
+        if not session.can_open_stream():
+            self._reply(cycle, self._no_stream_error())
+            return None
+        pump = kit_session.open_expose_stream(self.binding, self.origin)
+        stream = HttpStream.adopt(kit_session, pump)
+        self.stream = stream
+        return stream
+
+    def _hold(self, cycle: Cycle) -> bool:
+        """The session is parked: wait for its resume, up to the hold time. False: answered."""
+        from tunnel.server.kit_session import SessionState
+
+        kit_session = self.kit_session
+        cycle.held = True
+        deadline = cycle.started + self.hold_s
+        log.info(
+            "http request held: id=%s bind=%d session parked, waiting up to %.1f s",
+            kit_session.session_id,
+            self.binding.bind_id,
+            self.hold_s,
+        )
+        while not kit_session.attached.is_set():
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0 or not kit_session.attached.wait(remaining_s):
+                break
+        held = self.metrics.http_requests_held_total
+        if kit_session.attached.is_set() and kit_session.state is SessionState.ACTIVE:
+            held.labels(outcome="served").inc()
+            return True
+        held.labels(outcome="timed_out").inc()
+        if kit_session.attached.is_set():
+            error = closed_error()  # woken because the session ended
+        else:
+            error = KitError(
+                503,
+                "reconnecting",
+                "The tunnel is reconnecting: the connected machine lost its connection to the "
+                f"kit and has not come back within {self.hold_s:g} s. Try again shortly.",
+                RETRY_AFTER_RECONNECTING_S,
+            )
+        self._reply(cycle, error)
+        return False
+
+    def _no_stream_error(self) -> KitError:
+        from tunnel.server.kit_session import SessionState
+
+        session = self.runner.session
+        if self.kit_session.state is SessionState.ACTIVE and session.state is ProtocolState.OPEN:
+            return KitError(
+                503,
+                "max_streams",
+                f"The tunnel is busy: all {session.max_streams} of its streams are in use. "
+                "Try again shortly.",
+                RETRY_AFTER_BUSY_S,
+            )
+        return closed_error()
+
+    def _release_stream(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.release()
+
+    # -- kit answers, records, closing ------------------------------------------------------
+
+    def _reply(self, cycle: Cycle, error: KitError, *, record: bool = True) -> None:
+        """Answer ``error`` ourselves; the connection closes after it."""
+        cycle.error = error
+        cycle.status = error.status
+        cycle.final_started = True
+        data = messages.render_error(error, accept=cycle.accept, head_only=cycle.head_only)
+        try:
+            self.sock.sendall(data)
+            cycle.bytes_out += len(data)
+        except OSError as exc:
+            log.debug("http error page not delivered: bind=%d %s", self.binding.bind_id, exc)
+        self._drain_on_close = True
+        if record:
+            self._record(cycle)
+
+    def _record(self, cycle: Cycle) -> None:
+        """Metrics and the access-log line, once per request."""
+        if not cycle.recorded:
+            cycle.recorded = True
+            self.recorder.record(cycle)
+
+    def _answer_on_exit(self) -> None:
+        """Killed (the session ended) with a request unanswered: a last 503, without blocking."""
+        cycle = self.cycle
+        if cycle is None or cycle.recorded or cycle.final_started:
+            return
+        error = closed_error()
+        cycle.error = error
+        cycle.status = error.status
+        cycle.final_started = True
+        data = messages.render_error(error, accept=cycle.accept, head_only=cycle.head_only)
+        try:
+            self.sock.setblocking(False)
+            self.sock.send(data)
+            cycle.bytes_out += len(data)
+        except OSError as exc:
+            log.debug("http error page not delivered: bind=%d %s", self.binding.bind_id, exc)
+        self._record(cycle)
+
+    def _close(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.responder is not None and not cycle.responder.dead:
+            cycle.responder.kill(block=False)
+        stream, self.stream = self.stream, None
+        if stream is not None and not self._handed_over:
+            if cycle is not None and cycle.outcome is Outcome.PENDING:
+                stream.abort("http: the connection closed mid-request")
+            else:
+                stream.release()
+        sock = self.sock
+        if self._drain_on_close and not self._handed_over:
+            _drain(sock)
+        sock.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    """Half-close, then read and drop what the client still sends, briefly."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + DRAIN_S
+        total = 0
+        while total < DRAIN_MAX_BYTES:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                break
+            sock.settimeout(remaining_s)
+            data = sock.recv(65536)
+            if not data:
+                break
+            total += len(data)
+    except OSError:
+        pass  # the client is gone or slow: closing is all that is left
+
+
+__all__ = ["HttpConnection"]
