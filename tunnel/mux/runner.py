@@ -218,6 +218,12 @@ class SessionRunner:
         else:  # PEER_CLOSED, LOCAL_CLOSE (already closed with its code: close is idempotent)
             self.transport.close(WS_NORMAL, "")
 
+    def _end_run(self, run_id: int, end: ConnectionEnd) -> None:
+        """``end`` from a greenlet of run ``run_id``: ignored once that run is over (a stale
+        greenlet of a superseded connection must not end the connection that replaced it)."""
+        if run_id == self._run_id:
+            self.end(end)
+
     @property
     def ended(self) -> bool:
         return self._ended.ready()
@@ -264,35 +270,38 @@ class SessionRunner:
             try:
                 message = transport.receive_message()
             except ConnectionClosed as exc:
-                self.end(ConnectionEnd(EndKind.PEER_CLOSED, str(exc), close_code=exc.code))
+                self._end_run(run_id, ConnectionEnd(EndKind.PEER_CLOSED, str(exc), close_code=exc.code))
                 return
             except TextMessageReceived:
-                self._protocol_error(ErrorCode.PROTOCOL_ERROR, "text message received")
+                self._protocol_error(run_id, ErrorCode.PROTOCOL_ERROR, "text message received")
                 return
             except MessageTooBig as exc:
-                self.end(ConnectionEnd(EndKind.MESSAGE_TOO_BIG, str(exc), close_code=1009))
+                self._end_run(run_id, ConnectionEnd(EndKind.MESSAGE_TOO_BIG, str(exc), close_code=1009))
                 return
             except TransportError as exc:
-                self.end(ConnectionEnd(EndKind.PEER_CLOSED, str(exc)))
+                self._end_run(run_id, ConnectionEnd(EndKind.PEER_CLOSED, str(exc)))
                 return
-            if self._run_id != run_id:
-                return  # superseded while this message was read: it belongs to nobody now
+            if self._run_id != run_id or self._ended.ready():
+                # The connection ended (or was superseded) while this message was read: it
+                # belongs to nobody now. Fed to a detached session it would close it.
+                return
             try:
                 session.receive_message(message, self.clock())
             except RemoteProtocolError as exc:
                 self.dispatch(session.events_received())
                 self.wait_flushed(1.0)
-                self.end(
-                    ConnectionEnd(EndKind.PROTOCOL_ERROR, str(exc), error_code=int(exc.error_code))
+                self._end_run(
+                    run_id,
+                    ConnectionEnd(EndKind.PROTOCOL_ERROR, str(exc), error_code=int(exc.error_code)),
                 )
                 return
             self.dispatch(session.events_received())
             self.flush()
 
-    def _protocol_error(self, code: ErrorCode, reason: str) -> None:
+    def _protocol_error(self, run_id: int, code: ErrorCode, reason: str) -> None:
         self.session.send_goaway(code, reason)
         self.wait_flushed(1.0)
-        self.end(ConnectionEnd(EndKind.PROTOCOL_ERROR, reason, error_code=int(code)))
+        self._end_run(run_id, ConnectionEnd(EndKind.PROTOCOL_ERROR, reason, error_code=int(code)))
 
     def _writer_loop(self, run_id: int) -> None:
         session = self.session
@@ -309,10 +318,10 @@ class SessionRunner:
                 try:
                     transport.send_messages(messages)
                 except SendTimeout as exc:
-                    self.end(ConnectionEnd(EndKind.SEND_FAILED, f"send timed out: {exc}"))
+                    self._end_run(run_id, ConnectionEnd(EndKind.SEND_FAILED, f"send timed out: {exc}"))
                     return
                 except TransportError as exc:
-                    self.end(ConnectionEnd(EndKind.SEND_FAILED, f"send failed: {exc}"))
+                    self._end_run(run_id, ConnectionEnd(EndKind.SEND_FAILED, f"send failed: {exc}"))
                     return
             idle.set()
 
@@ -325,6 +334,8 @@ class SessionRunner:
             # a whole second late with a short interval.
             delay_s = 0.05 if deadline is None else min(max(deadline - now, 0.0), 1.0)
             gevent.sleep(delay_s)
+            if self._run_id != run_id or self._ended.ready():
+                return
             session.handle_timer(self.clock())
             events = session.events_received()
             if events:

@@ -126,8 +126,8 @@ class Session(ResumableSession):
                 before the bad one are still delivered. A message received while CLOSED is
                 ignored.
         """
-        if self.state is SessionState.CLOSED:
-            return
+        if self.state is SessionState.CLOSED or self.state is SessionState.DETACHED:
+            return  # DETACHED: a straggler from the dead connection; the resume resends it
         self._now = now
         self._heartbeat.received(now)
         self._messages_received += 1
