@@ -252,12 +252,13 @@ def _without_h2c(headers: list[tuple[bytes, bytes]], upgrade_values: list[bytes]
     return out
 
 
-def _quality(ranges: list[tuple[str, float]], media: str) -> float:
-    """The q-value ``ranges`` give ``media``: the most specific matching range wins."""
+def _quality(ranges: list[tuple[str, float]], media: str) -> tuple[float, int]:
+    """The q-value ``ranges`` give ``media`` (the most specific matching range decides) and
+    how specific that range was: 2 exact, 1 ``type/*``, 0 ``*/*``, -1 no match."""
     major = media.split("/", 1)[0]
     best: tuple[int, float] = (-1, 0.0)
     for pattern, q in ranges:
-        if pattern == media:
+        if pattern == media or (media == "application/json" and pattern.endswith("+json")):
             rank = 2
         elif pattern == f"{major}/*":
             rank = 1
@@ -265,18 +266,18 @@ def _quality(ranges: list[tuple[str, float]], media: str) -> float:
             rank = 0
         else:
             continue
-        if rank > best[0]:
+        if rank > best[0] or (rank == best[0] and q > best[1]):
             best = (rank, q)
-    return best[1]
+    return best[1], best[0]
 
 
 def wants_json(accept: bytes | None) -> bool:
-    """True when ``Accept`` prefers JSON to HTML (an exact ``application/json`` or a
-    ``+json`` type ranked above ``text/html``). No Accept, or ``*/*``: HTML."""
+    """True when ``Accept`` prefers JSON to HTML: a higher q-value, or the same one from a more
+    specific range (``application/json, */*`` asks for JSON; ``*/*`` alone, or no Accept, gets
+    HTML; ``+json`` types count as JSON)."""
     if not accept:
         return False
     ranges: list[tuple[str, float]] = []
-    json_q = 0.0
     for item in accept.decode("latin-1").split(","):
         parts = [p.strip() for p in item.split(";")]
         media = parts[0].lower()
@@ -291,10 +292,9 @@ def wants_json(accept: bytes | None) -> bool:
                 except ValueError:
                     q = 0.0
         ranges.append((media, q))
-        if media.endswith("+json"):
-            json_q = max(json_q, q)
-    json_q = max(json_q, _quality(ranges, "application/json"))
-    return json_q > 0.0 and json_q > _quality(ranges, "text/html")
+    json_q, json_rank = _quality(ranges, "application/json")
+    html_q, html_rank = _quality(ranges, "text/html")
+    return json_q > 0.0 and (json_q, json_rank) > (html_q, html_rank)
 
 
 def render_error(error: KitError, *, accept: bytes | None, head_only: bool = False) -> bytes:
