@@ -4,7 +4,8 @@
   local target behind an ``--expose .../http``): ``/headers`` answers the request's headers as
   JSON, ``/upload`` hashes the body as it streams in, ``/download`` streams pattern bytes
   (Content-Length or chunked), ``/echo`` streams the body back chunked while reading it, ``/close``
-  answers with ``Connection: close``, ``/ws`` is a WebSocket echo. Nothing is buffered whole.
+  answers with ``Connection: close``, ``/slow?s=N`` answers after N seconds, ``/ws`` is a WebSocket
+  echo. Nothing is buffered whole.
 - ``python -m tests.e2e.test_http_support FD``: serve it on an inherited listening socket
   (e2e tests start it as a subprocess, so the test process stays unpatched).
 - :class:`HttpClient`: one client connection driven by h11 (keep-alive, chunked, streaming);
@@ -82,6 +83,11 @@ def target_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> I
         if environ["REQUEST_METHOD"] == "HEAD":
             return []  # pywsgi would send the body of a HEAD response as it is
         return pattern_chunks(int(query.get("seed", "0")), size, 256 * 1024)
+    if path == "/slow":
+        import gevent
+
+        gevent.sleep(float(query.get("s", "1")))
+        return _json(start_response, {"slept": True})
     if path == "/echo":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return _echo(stream)

@@ -60,14 +60,18 @@ class Harness:
     target_port: int
     clients: list[tuple[TunnelClient, gevent.Greenlet[..., Any]]] = field(default_factory=list)
 
-    def start_client(self, *, target_port: int | None = None, host_header: str | None = None) -> int:
+    def start_client(
+        self, *, target_port: int | None = None, host_header: str | None = None, protocol: str | None = None
+    ) -> int:
         """A TunnelClient exposing a fresh container port, mode http; returns that port."""
         port = _free_port()
         exposes = [parse_expose(f"{port}:{target_port or self.target_port}/http")]
         if host_header is not None:
             exposes = apply_host_header(exposes, host_header)
         client = TunnelClient(
-            ClientOptions(url=self.url, token=TOKEN, exposes=exposes), out=io.StringIO(), err=io.StringIO()
+            ClientOptions(url=self.url, token=TOKEN, protocol=protocol, exposes=exposes),
+            out=io.StringIO(),
+            err=io.StringIO(),
         )
         greenlet = gevent.spawn(client.run)
         assert client.ready.wait(scaled_timeout_s(10)), client.err.getvalue()  # type: ignore[attr-defined]
@@ -505,3 +509,32 @@ def test_connections_and_permits_are_released(harness: Harness) -> None:
     session = harness.session()
     _wait_for(lambda: session.permits_held == 2, 10, "permits back to WebSocket + listener")
     assert not session.http_streams
+
+
+def test_http10_client_gets_the_response_re_framed(harness: Harness) -> None:
+    port = harness.start_client()
+    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    sock.sendall(b"GET /download?size=100000&seed=1&chunked=1 HTTP/1.0\r\n\r\n")
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()  # an HTTP/1.0 client cannot take chunks
+    assert len(body) == 100_000 and hashlib.sha256(body).hexdigest() == pattern_sha256(1, 100_000)
+
+
+def test_session_ending_under_a_request_answers_503(harness: Harness) -> None:
+    port = harness.start_client(protocol="v1")  # v1: no parking, the session ends with its WebSocket
+    client = harness.http(port)
+    client.send_request("GET", "/slow?s=30")
+    client.end_request()
+    _wait_for(lambda: _streams(harness) == 1, 10, "the request to be forwarded")
+    tunnel_client, _ = harness.clients[-1]
+    assert tunnel_client.runner is not None
+    tunnel_client.runner.transport.abort()
+    reply = client.read_response()
+    assert reply.status == 503
+    assert reply.headers["x-hoody-tunnel-error"] == "tunnel_closed"
+    client.close()
