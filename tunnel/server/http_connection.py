@@ -139,7 +139,10 @@ class HttpConnection(ResponseRelay):
     def run(self, on_closed: Callable[[], None]) -> None:
         """Serve the connection until it closes; then ``on_closed()`` (gives the permit back)."""
         try:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                return  # reset by the peer before we even started: nothing to serve
             self._serve()
         except gevent.GreenletExit:
             self._answer_on_exit()
