@@ -327,3 +327,91 @@ def test_closed_stream_records_are_bounded_in_count_and_bytes() -> None:
     assert len(kept) <= MAX_CLOSED_RECORDS
     assert sum(len(ledger.replay) for ledger in kept) <= MAX_CLOSED_REPLAY_SIZE
     assert len(kept) == MAX_CLOSED_REPLAY_SIZE // len(chunk)  # the newest are kept
+
+
+# -- the edges of the received bookkeeping, one by one (wire-protocol §7) ------------------------
+
+
+def _pair() -> tuple[Session, Session]:
+    """An OPEN v2 client/server pair (token chain starts at resume-0)."""
+    simulation = Simulation(0, cut_rate=0.0)
+    return simulation.client, simulation.server
+
+
+def _carry(sender: Session, receiver: Session, now: float = 0.0) -> list[object]:
+    for message in sender.messages_to_send():
+        receiver.receive_message(message, now)
+    return list(receiver.events_received())
+
+
+def _cut_and_resume(client: Session, server: Session, token_number: int = 1) -> tuple[list[object], list[object]]:
+    """Drop everything in flight, detach both, resume; return (server events, client events)."""
+    client.messages_to_send()
+    server.messages_to_send()
+    client.detach()
+    server.detach()
+    client.send_resume(TOKEN, "edge")
+    [message] = client.messages_to_send()
+    [hello] = decode_message(message, max_frame_size=MAX_FRAME, version=2)
+    assert isinstance(hello, HelloFrame) and hello.hello.resume is not None
+    server.resume(_welcome(True, token_number), hello.hello.resume.received, 1.0)
+    server_events = list(server.events_received())
+    client_events = _carry(server, client, 1.0)
+    return server_events, client_events
+
+
+def test_a_fin_lost_in_the_cut_is_sent_again_and_the_stream_ends_once() -> None:
+    client, server = _pair()
+    stream_id = client.open_stream(1)
+    client.send_data(stream_id, b"abc")
+    assert [type(e) for e in _carry(client, server)] == [StreamOpened, DataReceived]
+    server.accept_stream(stream_id)
+    _carry(server, client)
+    client.send_data(stream_id, b"", end_stream=True)  # this FIN is lost in the cut
+    server_events, _ = _cut_and_resume(client, server)
+    assert server_events == []
+    events = _carry(client, server, 1.0)
+    assert [type(e) for e in events] == [StreamEnded]  # the FIN again, and no byte twice
+    assert server.received_map()[stream_id] == StreamOffsets(3, 0, True)
+
+
+def test_an_open_that_never_reached_the_peer_is_opened_again_with_its_data() -> None:
+    client, server = _pair()
+    stream_id = client.open_stream(1)
+    client.send_data(stream_id, b"early data", end_stream=True)  # OPEN, DATA, FIN: all lost
+    server_events, _ = _cut_and_resume(client, server)
+    assert server_events == [] and stream_id not in server.received_map()
+    events = _carry(client, server, 1.0)
+    assert [type(e) for e in events] == [StreamOpened, DataReceived, StreamEnded]
+    assert bytes(events[1].data) == b"early data"  # type: ignore[attr-defined]
+
+
+def test_a_stream_the_peer_closed_during_the_outage_is_closed_locally() -> None:
+    client, server = _pair()
+    stream_id = client.open_stream(1)
+    client.send_data(stream_id, b"x")
+    _carry(client, server)
+    server.accept_stream(stream_id)
+    _carry(server, client)
+    server.reset_stream(stream_id, ErrorCode.NORMAL, "closed during the outage")  # RST lost
+    _, client_events = _cut_and_resume(client, server)
+    # The server still remembers the reset stream and sends its RST again; the client ends it.
+    resets = [e for e in client_events if isinstance(e, StreamReset)]
+    assert [(r.stream_id, r.error_code, r.remote) for r in resets] == [(stream_id, ErrorCode.NORMAL, True)]
+    assert not client.is_open(stream_id)
+
+
+def test_a_stream_the_peer_forgot_is_closed_locally_without_loss_of_the_session() -> None:
+    client, server = _pair()
+    stream_id = client.open_stream(1)
+    client.send_data(stream_id, b"x")
+    _carry(client, server)
+    server.accept_stream(stream_id)
+    _carry(server, client)
+    # The server forgets the stream entirely (as after a record was pushed out).
+    record = server._streams.pop(stream_id)
+    server._open_counts[record.opener] -= 1
+    _, client_events = _cut_and_resume(client, server)
+    resets = [e for e in client_events if isinstance(e, StreamReset)]
+    assert [(r.stream_id, r.error_code, r.remote) for r in resets] == [(stream_id, ErrorCode.STREAM_CLOSED, False)]
+    assert client.state is SessionState.OPEN and server.state is SessionState.OPEN
