@@ -26,6 +26,11 @@ Every method is thread-safe: the calls run inside the proxy's thread and return 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.e2e.harness import KitProcess
+
 import selectors
 import socket
 import struct
@@ -692,3 +697,13 @@ def is_type(*types: int) -> Callable[[TunnelFrameSeen], bool]:
 
 
 __all__ = ["DOWN", "UP", "FaultProxy", "StreamWatcher", "TunnelFrameSeen", "is_fin", "is_type"]
+
+
+class ProxiedKit:
+    """What ``ClientProcess.launch`` reads from a kit, with the URL pointing at a proxy, so the
+    real CLI connects through it."""
+
+    def __init__(self, kit: "KitProcess", proxy: FaultProxy) -> None:
+        self.ws_url = proxy.url
+        self.client_token = kit.client_token
+        self.state_dir = kit.state_dir

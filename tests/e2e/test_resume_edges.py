@@ -32,9 +32,15 @@ import gevent
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.fault_proxy import UP, FaultProxy
+from tests.e2e.fault_proxy import UP, FaultProxy, ProxiedKit
 from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import ClientProcess, free_port_candidate, recv_exactly, wait_until
+from tests.e2e.tunnel_support import (
+    ClientProcess,
+    free_port_candidate,
+    launch_with_expose,
+    recv_exactly,
+    wait_until,
+)
 from tunnel.mux.transport import ConnectionClosed, SocketTransport, TransportError, connect
 from tunnel.protocol import (
     BindKind,
@@ -60,32 +66,10 @@ RESUMED_LINE = re.compile(r"resumed (sess_[0-9a-f]{12}) after (\d+\.\d) s")
 # == helpers ====================================================================================
 
 
-class _Via:
-    """What ClientProcess.launch reads from a kit, pointing at the proxy instead."""
-
-    def __init__(self, kit: KitProcess, proxy: FaultProxy) -> None:
-        self.ws_url = proxy.url
-        self.client_token = kit.client_token
-        self.state_dir = kit.state_dir
-
-
 def launch_client(kit: KitProcess, proxy: FaultProxy | None, args: Callable[[int], list[str]]) -> tuple[ClientProcess, int]:
     """The CLI through ``proxy`` (or straight to the kit), exposing a free container port."""
-    last = ""
-    for _ in range(3):
-        port = free_port_candidate()
-        where: Any = _Via(kit, proxy) if proxy is not None else kit
-        client = ClientProcess.launch(where, *args(port))
-        try:
-            client.wait_ready()
-            return client, port
-        except AssertionError:
-            client.kill()
-            last = client.output()
-            if "PORT_IN_USE" in last or "in use" in last:
-                continue
-            raise
-    raise AssertionError(f"no free container port\n{last}")
+    where: Any = ProxiedKit(kit, proxy) if proxy is not None else kit
+    return launch_with_expose(where, args)
 
 
 def admin(kit: KitProcess, path: str) -> Any:

@@ -31,9 +31,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.fault_proxy import DOWN, UP, FaultProxy, TunnelFrameSeen, is_fin
+from tests.e2e.fault_proxy import DOWN, UP, FaultProxy, ProxiedKit, TunnelFrameSeen, is_fin
 from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import ClientProcess, free_port_candidate, wait_until
+from tests.e2e.tunnel_support import ClientProcess, launch_with_expose, wait_until
 
 MakeKit = Callable[..., KitProcess]
 
@@ -312,15 +312,6 @@ class Chaos:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-class _Via:
-    """What ClientProcess.launch reads from a kit, pointing at the proxy instead."""
-
-    def __init__(self, kit: KitProcess, proxy: FaultProxy) -> None:
-        self.ws_url = proxy.url
-        self.client_token = kit.client_token
-        self.state_dir = kit.state_dir
-
-
 def admin(kit: KitProcess, path: str) -> Any:
     reply = kit.get(f"{API}{path}", headers={"Authorization": f"Bearer {kit.admin_token}"})
     assert reply.status == 200, (path, reply.status, reply.body[:300])
@@ -336,20 +327,8 @@ def worker_fds(kit: KitProcess) -> int:
 
 
 def launch_via_proxy(kit: KitProcess, proxy: FaultProxy, args: Callable[[int], list[str]]) -> tuple[ClientProcess, int]:
-    last = ""
-    for _ in range(3):
-        port = free_port_candidate()
-        client = ClientProcess.launch(_Via(kit, proxy), *args(port))  # type: ignore[arg-type]
-        try:
-            client.wait_ready()
-            return client, port
-        except AssertionError:
-            client.kill()
-            last = client.output()
-            if "PORT_IN_USE" in last or "in use" in last:
-                continue
-            raise
-    raise AssertionError(f"no free container port\n{last}")
+    where: Any = ProxiedKit(kit, proxy)
+    return launch_with_expose(where, args)
 
 
 # -- the test ------------------------------------------------------------------------------------

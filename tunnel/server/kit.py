@@ -195,7 +195,7 @@ class Kit:
             target.expiry = None
         outage_s = target.parked_for_s()
         runner.attach(transport)
-        runner.session.resume(resumption.resume_welcome(target), request.received, runner.clock())
+        runner.session.resume(resumption.build_welcome(target, resumed=True), request.received, runner.clock())
         runner.dispatch(runner.session.events_received())
         retransmitted = runner.session.statistics().bytes_retransmitted
         target.state = SessionState.ACTIVE

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import Event as GeventEvent
 
-from tunnel import __version__
 from tunnel.mux.pump import StreamPump
 from tunnel.mux.runner import WS_POLICY_VIOLATION, ConnectionEnd, EndKind, SessionRunner
 from tunnel.protocol import (
@@ -46,7 +45,6 @@ from tunnel.protocol import (
     StreamReset,
     UnbindReceived,
     UpstreamError,
-    Welcome,
 )
 from tunnel.server import bindings as binding_io
 from tunnel.server import http_mode
@@ -181,22 +179,7 @@ class KitSession:
             self.runner.end(ConnectionEnd(EndKind.HANDOFF, f"resumes {target.session_id}"))
             return
         self.client_name = hello.client
-        settings = self.settings
-        v2 = self.protocol.endswith(".v2")
-        self.runner.session.send_welcome(
-            Welcome(
-                session_id=self.session_id,
-                protocol=self.protocol,
-                resumed=False,
-                max_streams=settings.max_streams,
-                window=settings.window_size,
-                max_frame=settings.max_frame_size,
-                heartbeat_ms=int(settings.heartbeat_s * 1000),
-                server=f"hoody-tunnel/{__version__}",
-                resume_token=resumption.issue_token(self) if v2 else None,
-                orphan_ttl_ms=int(settings.orphan_ttl_s * 1000) if v2 else None,
-            )
-        )
+        self.runner.session.send_welcome(resumption.build_welcome(self, resumed=False))
         self.state = SessionState.ACTIVE
         self._welcomed.set()
         self.kit.metrics.sessions_opened_total.inc()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from tunnel import __version__
 from tunnel.mux.runner import WS_POLICY_VIOLATION, ConnectionEnd, EndKind
 from tunnel.protocol import ErrorCode, GoAwayFrame, Hello, ResumeRequest, Welcome, encode_frame
 from tunnel.mux.transport import TransportError
@@ -175,19 +176,20 @@ def refuse(temp: KitSession, hello: Hello) -> None:
     )
 
 
-def resume_welcome(target: KitSession) -> Welcome:
-    settings = target.settings
-    from tunnel import __version__
-
+def build_welcome(kit_session: KitSession, *, resumed: bool) -> Welcome:
+    """The WELCOME of a new (``resumed=False``) or resumed session; v2 carries a fresh resume
+    token and the TTL."""
+    settings = kit_session.settings
+    v2 = kit_session.protocol.endswith(".v2")
     return Welcome(
-        session_id=target.session_id,
-        protocol=target.protocol,
-        resumed=True,
+        session_id=kit_session.session_id,
+        protocol=kit_session.protocol,
+        resumed=resumed,
         max_streams=settings.max_streams,
         window=settings.window_size,
         max_frame=settings.max_frame_size,
         heartbeat_ms=int(settings.heartbeat_s * 1000),
         server=f"hoody-tunnel/{__version__}",
-        resume_token=issue_token(target),
-        orphan_ttl_ms=int(settings.orphan_ttl_s * 1000),
+        resume_token=issue_token(kit_session) if v2 else None,
+        orphan_ttl_ms=int(settings.orphan_ttl_s * 1000) if v2 else None,
     )
