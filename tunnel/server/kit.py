@@ -170,7 +170,8 @@ class Kit:
                 temp.permits_held -= 1
                 current.permits_held += 1
                 end = self._resume(current, transport, request, peer_address)
-            self._ended(current, end)
+            if end.error_code != ErrorCode.RESUME_FAILED:  # a late refusal: counted already
+                self._ended(current, end)
         finally:
             if end is not None and end.parked:
                 # The session lives on (parked, or already resumed elsewhere): this connection
@@ -188,6 +189,9 @@ class Kit:
         """Serve ``target`` on the connection that resumed it, until that connection ends."""
         runner = target.runner
         assert runner is not None
+        if target.state not in (SessionState.ORPHANED, SessionState.ACTIVE) or target.admin_killed:
+            # Expired or killed since its token was checked: refuse like any failed resume.
+            return resumption.refuse_late(transport, target)
         if target.state is SessionState.ACTIVE:
             resumption.supersede(target)  # its old connection parks it first
         if target.expiry is not None:

@@ -25,7 +25,7 @@ import gevent
 from tunnel import __version__
 from tunnel.mux.runner import WS_POLICY_VIOLATION, ConnectionEnd, EndKind
 from tunnel.protocol import ErrorCode, GoAwayFrame, Hello, ResumeRequest, Welcome, encode_frame
-from tunnel.mux.transport import TransportError
+from tunnel.mux.transport import Transport, TransportError
 
 if TYPE_CHECKING:
     from tunnel.server.kit_session import KitSession
@@ -174,6 +174,18 @@ def refuse(temp: KitSession, hello: Hello) -> None:
         drain_s=0.0,
         ws_close_code=WS_POLICY_VIOLATION,
     )
+
+
+def refuse_late(transport: Transport, target: KitSession) -> ConnectionEnd:
+    """The target ended between the token check and the handoff: GOAWAY(RESUME_FAILED)."""
+    target.kit.metrics.resumes_total.labels(outcome="failed").inc()
+    log.info("resume refused: session=%s ended meanwhile", target.session_id)
+    try:
+        transport.send_messages([encode_frame(GoAwayFrame(ErrorCode.RESUME_FAILED, RESUME_FAILED_REASON))])
+    except TransportError:
+        pass  # the client is gone too
+    transport.close(WS_POLICY_VIOLATION, "resume failed")
+    return ConnectionEnd(EndKind.LOCAL_CLOSE, RESUME_FAILED_REASON, error_code=int(ErrorCode.RESUME_FAILED))
 
 
 def build_welcome(kit_session: KitSession, *, resumed: bool) -> Welcome:
