@@ -22,7 +22,8 @@ import gevent
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import REPO_ROOT, HttpReply, KitProcess, scaled_s
-from tunnel.mux.transport import SocketTransport, TransportError, connect
+from tunnel.mux.transport import SocketTransport, TransportError
+from tunnel.mux.ws_client import connect
 
 T = TypeVar("T")
 

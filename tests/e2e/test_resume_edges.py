@@ -41,7 +41,8 @@ from tests.e2e.tunnel_support import (
     recv_exactly,
     wait_until,
 )
-from tunnel.mux.transport import ConnectionClosed, SocketTransport, TransportError, connect
+from tunnel.mux.transport import ConnectionClosed, SocketTransport, TransportError
+from tunnel.mux.ws_client import connect
 from tunnel.protocol import (
     BindKind,
     BindMode,

@@ -29,6 +29,7 @@ import gevent.socket
 import gevent.ssl
 import pytest
 
+from tunnel.mux.ws_client import connect
 from tunnel.mux.transport import (
     ConnectionClosed,
     HandshakeRejected,
@@ -39,7 +40,6 @@ from tunnel.mux.transport import (
     TextMessageReceived,
     TransportError,
     compute_accept_key,
-    connect,
 )
 from tunnel.mux.websocket import FrameReader, Message, Opcode, encode_frame, encode_frame_header, parse_close_payload
 from tunnel.server.handler import (

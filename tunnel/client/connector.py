@@ -26,7 +26,7 @@ from gevent.pool import Group
 
 from tunnel import __version__
 from tunnel.client.specs import ExposeSpec, PullSpec
-from tunnel.mux import transport as transport_mod
+from tunnel.mux import ws_client
 from tunnel.mux.dialing import connect_tcp
 from tunnel.mux.pump import StreamPump
 from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
@@ -339,7 +339,7 @@ class TunnelClient:
     def _open_transport(self) -> Transport:
         options = self.options
         try:
-            return transport_mod.connect(
+            return ws_client.connect(
                 options.url,
                 SUBPROTOCOLS[options.protocol],
                 timeout_s=options.connect_timeout_s,
