@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 API_PREFIX = "/api/v1/tunnel"
-# Keys of app.extensions set by tunnel.app.create_app. "tunnel" is the Kit (CONTRACTS.md).
+# Keys of app.extensions set by tunnel.app.create_app. "tunnel" is the Kit.
 KIT_EXTENSION = "tunnel"
 METRICS_EXTENSION = "tunnel.metrics"
 SETTINGS_EXTENSION = "tunnel.settings"

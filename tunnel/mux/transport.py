@@ -1,4 +1,4 @@
-"""The WebSocket seam (docs/dev/CONTRACTS.md): `Transport`, its errors, and `SocketTransport`.
+"""The WebSocket seam: `Transport`, its errors, and `SocketTransport` (the client handshake is in ws_client.py).
 
 `SocketTransport` speaks RFC 6455 itself (framing in `tunnel.mux.websocket`) over a buffered
 reader and a gevent socket, for both ends: the server handler (tunnel/server/handler.py) builds one
@@ -145,7 +145,7 @@ class HandshakeRejected(TransportError):
 
 @runtime_checkable
 class Transport(Protocol):
-    """What a session runner needs from a WebSocket (docs/dev/CONTRACTS.md)."""
+    """What a session runner needs from a WebSocket."""
 
     @property
     def subprotocol(self) -> str: ...
