@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -410,7 +409,6 @@ def test_hold_runs_out_503_retry_after(make_kit: MakeKit, target: Target, client
 # -- curl -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_headers_and_pages(kit: KitProcess, target: Target, clients: list[ClientProcess]) -> None:
     client, port = expose_http(kit, target.port)
     clients.append(client)
