@@ -188,11 +188,11 @@ class SessionCore:
         self._closed[stream.stream_id] = stream
         while len(self._closed) > MAX_CLOSED_RECORDS:
             del self._closed[next(iter(self._closed))]
-        if stream.ledger.replay:
-            kept = sum(len(record.ledger.replay) for record in self._closed.values())
+        if stream.ledger.replay_size:
+            kept = sum(record.ledger.replay_size for record in self._closed.values())
             while kept > MAX_CLOSED_REPLAY_SIZE and len(self._closed) > 1:
                 oldest = self._closed.pop(next(iter(self._closed)))
-                kept -= len(oldest.ledger.replay)
+                kept -= oldest.ledger.replay_size
 
     @property
     def attached(self) -> bool:

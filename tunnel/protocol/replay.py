@@ -21,6 +21,8 @@ has everything, or until too many closed streams pile up (:data:`MAX_CLOSED_RECO
 
 from __future__ import annotations
 
+from collections import deque
+
 #: Closed streams remembered for a resume at most; older ones are forgotten first. A stream is
 #: only at risk if it is forgotten while its last bytes or its FIN are still in flight, which at
 #: this count means thousands of streams closing within one round trip.
@@ -45,6 +47,7 @@ class StreamLedger:
         "fin_sent",
         "keep_replay",
         "replay",
+        "replay_size",
         "replay_start",
         "reopen_pending",
         "reset_received",
@@ -57,9 +60,12 @@ class StreamLedger:
         self.keep_replay = keep_replay
         #: Payload bytes handed to the session for sending, in total.
         self.sent_bytes = 0
-        #: The stream offset of ``replay[0]``: everything before it was credited back.
+        #: The stream offset of the first replay byte: everything before it was credited back.
         self.replay_start = 0
-        self.replay = bytearray()
+        #: The bytes sent and not yet credited back, as the very chunks handed to ``send_data``
+        #: (immutable: ``bytes`` or read-only views), so keeping them copies nothing.
+        self.replay: deque[bytes | memoryview] = deque()
+        self.replay_size = 0
         self.fin_sent = False
         self.fin_received = False
         #: Opener side: the peer answered our OPEN (OPEN_OK, RST or DATA came back).
@@ -79,16 +85,25 @@ class StreamLedger:
         size = len(payload)
         self.sent_bytes += size
         if self.keep_replay and size:
-            self.replay += payload
+            self.replay.append(payload)
+            self.replay_size += size
         if end_stream:
             self.fin_sent = True
 
     def credited(self, increment: int) -> None:
         """The peer granted ``increment`` bytes of credit: it has written that many bytes."""
-        drop = min(increment, len(self.replay))
-        if drop:
-            del self.replay[:drop]
+        drop = min(increment, self.replay_size)
         self.replay_start += drop
+        self.replay_size -= drop
+        replay = self.replay
+        while drop:
+            head = replay[0]
+            if len(head) <= drop:
+                replay.popleft()
+                drop -= len(head)
+            else:
+                replay[0] = memoryview(head)[drop:]
+                drop = 0
 
     def trim_to(self, consumed_bytes: int) -> None:
         """Forget the bytes before ``consumed_bytes`` (the peer says it wrote them)."""
@@ -106,7 +121,15 @@ class StreamLedger:
             return None
         if not self.keep_replay and received_bytes != self.sent_bytes:
             return None
-        return bytes(self.replay[received_bytes - self.replay_start :])
+        skip = received_bytes - self.replay_start
+        parts: list[bytes | memoryview] = []
+        for chunk in self.replay:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            parts.append(memoryview(chunk)[skip:] if skip else chunk)
+            skip = 0
+        return b"".join(parts)
 
     def delivered(self, received_bytes: int, fin_received: bool) -> bool:
         """True when the peer's offsets show it has everything this side sent on the stream."""

@@ -230,7 +230,8 @@ class ResumableSession(SessionCore):
             if stream.closed:
                 continue  # reset meanwhile: the peer never knew it
             self._outbox.queue_control(OpenFrame(stream.stream_id, stream.bind_id, stream.origin))
-            self._queue_replay(stream.stream_id, bytes(ledger.replay), ledger.fin_sent)
+            data = ledger.retransmission(ledger.replay_start) or b""  # all of it: from offset 0
+            self._queue_replay(stream.stream_id, data, ledger.fin_sent)
         self._pending_reopens.clear()
 
     def _drop_live(self, stream: Stream, reason: str) -> None:

@@ -325,7 +325,7 @@ def test_closed_stream_records_are_bounded_in_count_and_bytes() -> None:
         client.messages_to_send()
     kept = [record.ledger for record in client._closed.values()]
     assert len(kept) <= MAX_CLOSED_RECORDS
-    assert sum(len(ledger.replay) for ledger in kept) <= MAX_CLOSED_REPLAY_SIZE
+    assert sum(ledger.replay_size for ledger in kept) <= MAX_CLOSED_REPLAY_SIZE
     assert len(kept) == MAX_CLOSED_REPLAY_SIZE // len(chunk)  # the newest are kept
 
 
