@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable
 import gevent
 from gevent.event import Event
 
+from tunnel.mux.dialing import send_all
 from tunnel.protocol import ErrorCode
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class StreamPump:
                 continue
             chunk = inbound.popleft()
             try:
-                sock.sendall(chunk)
+                send_all(sock, chunk)
             except OSError as exc:
                 self._local_failed("write", exc)
                 return

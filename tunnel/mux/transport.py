@@ -29,6 +29,7 @@ import gevent.lock
 import gevent.socket
 import gevent.ssl
 
+from tunnel.mux.dialing import send_all
 from tunnel.mux.websocket import (
     MAX_MESSAGE_SIZE,
     CloseCode,
@@ -413,10 +414,10 @@ class SocketTransport:
     def _sendall(self, buffers: list[bytes | bytearray | memoryview]) -> None:
         assert self._write_lock.locked()  # house style §5: callers hold the write lock
         if len(buffers) == 1:
-            self._sock.sendall(buffers[0])
+            send_all(self._sock, buffers[0])
             return
         if not self._use_sendmsg:
-            self._sock.sendall(b"".join(buffers))
+            send_all(self._sock, b"".join(buffers))
             return
         views = [memoryview(b).cast("B") for b in buffers]
         index = 0
