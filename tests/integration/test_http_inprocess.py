@@ -511,7 +511,7 @@ def test_connections_and_permits_are_released(harness: Harness) -> None:
     assert not session.http_streams
 
 
-def test_http10_client_gets_the_response_re_framed(harness: Harness) -> None:
+def test_http10_request_goes_on_as_http10_so_the_response_is_not_chunked(harness: Harness) -> None:
     port = harness.start_client()
     sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
     sock.sendall(b"GET /download?size=100000&seed=1&chunked=1 HTTP/1.0\r\n\r\n")

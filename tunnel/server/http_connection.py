@@ -13,27 +13,25 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gevent
-import h11
 from gevent.event import Event
 
 from tunnel.protocol import SessionState as ProtocolState
 from tunnel.server import http_messages as messages
+from tunnel.mux.dialing import send_all
+from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyScanner, FramingError, head_end
+from tunnel.server.http_heads import HeadError, RequestHead, parse_request_head
 from tunnel.server.http_messages import KitError
 from tunnel.server.http_response import (
     RETRY_AFTER_BUSY_S,
     RETRY_AFTER_RECONNECTING_S,
     Cycle,
-    NextEvent,
     Outcome,
     ResponseRelay,
     closed_error,
-    h11_reason,
 )
-from tunnel.server.http_stream import MAX_HEAD_SIZE, HttpStream, StreamGone
+from tunnel.server.http_stream import HttpStream, StreamGone
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter
-
     from tunnel.metrics import Metrics
     from tunnel.server.bindings import Binding
     from tunnel.server.kit_session import KitSession
@@ -56,33 +54,24 @@ DRAIN_MAX_BYTES = 1 << 20
 
 
 class Recorder:
-    """Metrics of one http binding, with the labelled children looked up once (labels() takes
-    a lock each time), and the access log."""
+    """Metrics (:class:`tunnel.metrics.HttpStats`) and the access log of one http binding."""
 
     def __init__(self, metrics: Metrics, bind_id: int) -> None:
-        self.metrics = metrics
+        self.stats = metrics.http
         self.bind_id = bind_id
-        self._requests: dict[tuple[str, str], Counter] = {}
-        self.request_bytes = metrics.http_bytes_total.labels(direction="request")
-        self.response_bytes = metrics.http_bytes_total.labels(direction="response")
 
     def record(self, cycle: Cycle) -> None:
         duration_s = time.monotonic() - cycle.started
         status = cycle.status
-        key = (messages.method_label(cycle.method), f"{status // 100}xx" if status else "none")
-        requests = self._requests.get(key)
-        if requests is None:
-            requests = self._requests[key] = self.metrics.http_requests_total.labels(
-                method=key[0], status_class=key[1]
-            )
-        requests.inc()
-        self.metrics.http_request_duration_seconds.observe(duration_s)
-        if cycle.bytes_in:
-            self.request_bytes.inc(cycle.bytes_in)
-        if cycle.bytes_out:
-            self.response_bytes.inc(cycle.bytes_out)
-        if cycle.error is not None:
-            self.metrics.http_error_responses_total.labels(cause=cycle.error.cause).inc()
+        error = cycle.error
+        self.stats.observe(
+            messages.method_label(cycle.method),
+            _STATUS_CLASSES[status // 100] if 100 <= status < 600 else "none",
+            duration_s,
+            cycle.bytes_in,
+            cycle.bytes_out,
+            None if error is None else error.cause,
+        )
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "http request: bind=%d method=%s path=%s status=%s bytes_in=%d bytes_out=%d "
@@ -94,8 +83,11 @@ class Recorder:
                 cycle.bytes_in,
                 cycle.bytes_out,
                 duration_s * 1000,
-                f" error={cycle.error.cause}" if cycle.error is not None else "",
+                "" if error is None else f" error={error.cause}",
             )
+
+
+_STATUS_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class HttpConnection(ResponseRelay):
@@ -123,7 +115,7 @@ class HttpConnection(ResponseRelay):
         self.metrics = kit_session.kit.metrics
         self.recorder = recorder or Recorder(self.metrics, binding.bind_id)
         self.hold_s = kit_session.settings.http_hold_s
-        self.server = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self.buffer: bytes | bytearray = b""  # received from the client, not forwarded yet
         self.stream: HttpStream | None = None
         self.cycle: Cycle | None = None
         self._refusal = refusal  # answer every request with this (no FD permit: 503)
@@ -161,24 +153,43 @@ class HttpConnection(ResponseRelay):
             if request is None or not self._serve_request(request):
                 return
 
-    def _next_request(self) -> h11.Request | None:
-        server = self.server
+    def _next_request(self) -> RequestHead | None:
+        """Read and parse the next request head. None: the connection is over (closed by the
+        client, idle too long, or answered 400/431/501/505)."""
+        buf = self.buffer
+        searched = 0
         while True:
-            try:
-                event: NextEvent = server.next_event()
-            except h11.RemoteProtocolError as exc:
+            while buf[:2] == b"\r\n":
+                buf = buf[2:]  # empty lines before a request are ignored (RFC 9112 §2.2)
+                searched = 0
+            end = head_end(buf, searched)
+            if end >= 0:
+                break
+            if len(buf) > MAX_HEAD_SIZE:
                 cycle = self._new_cycle(b"-", b"-", None, head_only=False)
-                self._reply(cycle, messages.bad_request(h11_reason(exc), exc.error_status_hint))
+                self._reply(cycle, messages.bad_request("the request head is larger than 64 KiB", 431))
                 return None
-            if event is h11.NEED_DATA:
-                data = self._read_between_requests()
-                if data is None:
-                    return None
-                server.receive_data(data)
-                continue
-            if isinstance(event, h11.Request):
-                return event
-            return None  # ConnectionClosed: the client is done
+            data = self._read_between_requests()
+            if not data:
+                return None  # closed (mid-head or not: nobody is left to answer), reset, idle
+            searched = len(buf)
+            if not buf:
+                buf = data
+            else:
+                if isinstance(buf, bytes):
+                    buf = bytearray(buf)
+                buf += data
+        if end == len(buf):
+            head, self.buffer = buf, b""
+        else:
+            head, self.buffer = buf[:end], buf[end:]
+        try:
+            return parse_request_head(head)
+        except HeadError as exc:
+            method, _, rest = bytes(head[:64]).partition(b" ")
+            cycle = self._new_cycle(method if method.isalpha() else b"-", b"-", None, head_only=False)
+            self._reply(cycle, messages.bad_request(exc.detail, exc.status))
+            return None
 
     def _read_between_requests(self) -> bytes | None:
         """Wait for the next request's bytes: give the stream back after STREAM_IDLE_S, close
@@ -194,7 +205,7 @@ class HttpConnection(ResponseRelay):
                     self._release_stream()
                 idle_s -= STREAM_IDLE_S
             sock.settimeout(idle_s)
-            return sock.recv(HEAD_READ_SIZE)  # b"" (EOF) goes to h11: ConnectionClosed
+            return sock.recv(HEAD_READ_SIZE)  # b"": the client closed
         except OSError:
             return None  # reset, or idle too long
         finally:
@@ -204,92 +215,82 @@ class HttpConnection(ResponseRelay):
         self.cycle = Cycle(time.monotonic(), method, target, accept, head_only)
         return self.cycle
 
-    def _serve_request(self, request: h11.Request) -> bool:
+    def _serve_request(self, request: RequestHead) -> bool:
         """Forward one request and relay its response. False: the connection is over."""
-        accept = b",".join(value for name, value in request.headers if name == b"accept") or None
-        cycle = self._new_cycle(request.method, request.target, accept, head_only=request.method == b"HEAD")
-        raw = request.headers.raw_items()
-        refusal = self._refusal or messages.check_request(request.http_version, raw)
+        headers = request.headers
+        accept = b",".join(value for name, value in headers if name.lower() == b"accept") or None
+        method = request.method
+        cycle = self._new_cycle(method, request.target, accept, head_only=method == b"HEAD")
+        refusal = self._refusal or messages.check_request(request.version, headers)
         if refusal is not None:
             self._reply(cycle, refusal)
             return False
-        headers = messages.forwarding_headers(
-            raw,
+        forwarded = messages.forwarding_headers(
+            headers,
             peer_ip=self.peer_ip,
             port=self.binding.port,
             host_header=self.binding.host_header,
             default_host=self.default_host,
         )
-        cycle.chunked = any(name.lower() == b"transfer-encoding" for name, _ in raw)
-        cycle.client_keep_alive = request.http_version == b"1.1" and not any(
-            name == b"connection" and b"close" in value.lower() for name, value in request.headers
-        )
-        try:
-            first = self.server.next_event()  # the body's first event, or its end
-        except h11.RemoteProtocolError as exc:
-            self._reply(cycle, messages.bad_request(h11_reason(exc)))
-            return False
+        cycle.client_keep_alive = request.keep_alive
+        scanner = BodyScanner(request.body, request.length)
+        first: bytes | bytearray = b""
+        if not scanner.done and self.buffer:
+            try:
+                taken = scanner.scan(self.buffer)
+            except FramingError as exc:
+                self._reply(cycle, messages.bad_request(str(exc)))
+                return False
+            first, self.buffer = self.buffer[:taken], self.buffer[taken:]
         stream = self._stream_for(cycle)
         if stream is None:
             return False
-        # The kit writes the head and frames the body itself; h11's client is told only what it
-        # needs to read the response right (method, keep-alive, upgrade). The values are h11's
-        # own, already validated: hence _parsed.
-        client = stream.client
-        client.send(h11.Request(
-            method=request.method, target=b"/", headers=messages.state_headers(headers), _parsed=True
-        ))
-        client.send(h11.EndOfMessage())
-        head = messages.request_head(request.method, request.target, headers)
-        if isinstance(first, h11.EndOfMessage):
-            # No body (most requests): send it all and read the response in this greenlet.
+        head = messages.request_head(method, request.target, request.version, forwarded)
+        if scanner.done:
+            # The whole request is here (most requests: no body): send it all and read the
+            # response in this greenlet.
             try:
-                cycle.bytes_in += stream.send_within_credit(
-                    head + messages.last_chunk(first.headers) if cycle.chunked else head
-                )
+                cycle.bytes_in += stream.send_within_credit(head + first if first else head)
                 cycle.request_done = True
             except StreamGone:
                 pass  # _respond answers for it
             self._respond(stream, cycle)
         else:
-            # A body: it streams up while a responder greenlet relays the response (which may
-            # come early, or be a 100 Continue the client waits for).
+            # A body still to come: it streams up while a responder greenlet relays the response
+            # (which may come early, or be a 100 Continue the client waits for).
             cycle.done = Event()
             cycle.responder = self.runner.spawn(self._respond, stream, cycle)
-            self._forward_body(stream, cycle, head, first)
+            self._forward_body(stream, cycle, head + first, scanner)
             cycle.done.wait()
         return self._after_response(stream, cycle)
 
-    def _forward_body(self, stream: HttpStream, cycle: Cycle, head: bytes, first: NextEvent) -> None:
-        """The request head, then its body chunks as they come, within credit."""
-        server = self.server
+    def _forward_body(self, stream: HttpStream, cycle: Cycle, head: bytes, scanner: BodyScanner) -> None:
+        """The request head, then its body as it comes, within credit. The body's bytes go as
+        the client sent them; the scanner only finds where the body ends (what follows is the
+        next request, kept in ``self.buffer``)."""
         sock = self.sock
         read_size = stream.read_size
-        chunked = cycle.chunked
-        event = first
         try:
             cycle.bytes_in += stream.send_within_credit(head)
             while cycle.outcome is Outcome.PENDING:
-                if event is h11.NEED_DATA:
-                    try:
-                        data = sock.recv(read_size)
-                    except OSError:
-                        data = b""  # reset by the client: as good as EOF for the body
-                    server.receive_data(data)
-                elif isinstance(event, h11.Data):
-                    body = event.data
-                    cycle.bytes_in += stream.send_within_credit(messages.chunk(body) if chunked else body)
-                elif isinstance(event, h11.EndOfMessage):
-                    if chunked:
-                        cycle.bytes_in += stream.send_within_credit(messages.last_chunk(event.headers))
+                try:
+                    data = sock.recv(read_size)
+                except OSError:
+                    data = b""  # reset by the client: as good as EOF for the body
+                if not data:
+                    scanner.end_of_input()  # raises: the body was cut short
+                taken = scanner.scan(data)
+                if taken < len(data):
+                    self.buffer = data[taken:]
+                    data = data[:taken]
+                if data:
+                    cycle.bytes_in += stream.send_within_credit(data)
+                if scanner.done:
                     cycle.request_done = True
                     return
-                else:
-                    return  # cannot happen mid-request (h11 gives PAUSED only after EOM)
-                event = server.next_event()
-        except h11.RemoteProtocolError as exc:
+        except FramingError as exc:
             # A malformed body (or the client left mid-body): the target must not get the rest.
-            cycle.request_error = messages.bad_request(h11_reason(exc))
+            cycle.request_error = messages.bad_request(str(exc))
             stream.abort("http: malformed request body")
         except StreamGone:
             pass  # the responder answers for it (502/503), or already did
@@ -303,29 +304,12 @@ class HttpConnection(ResponseRelay):
             return False
         if not (cycle.client_keep_alive and cycle.target_keep_alive):
             return False  # Connection: close (from either side), or HTTP/1.0
-        server = self.server
-        if cycle.relayed_raw:
-            # h11's server never saw the response (its bytes went out as they came): a fresh
-            # one reads the next request, from what the client already sent (pipelining).
-            pipelined, closed = server.trailing_data
-            server = self.server = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
-            if pipelined:
-                server.receive_data(pipelined)
-            if closed:
-                server.receive_data(b"")
-        elif server.our_state is h11.DONE and server.their_state is h11.DONE:
-            server.start_next_cycle()
-        else:
-            return False
-        client = stream.client
-        if client.our_state is h11.DONE and client.their_state is h11.DONE and not stream.tainted:
-            client.start_next_cycle()
-        else:
+        if not stream.reusable():
             self._release_stream()  # the target closes after this response: next time, a new one
         return True
 
     def _relay(self, stream: HttpStream) -> None:
-        trailing, _ = self.server.trailing_data  # what the client sent after the upgrade request
+        trailing, self.buffer = self.buffer, b""  # what the client sent after the upgrade request
         try:
             if trailing:
                 stream.send_within_credit(trailing)
@@ -425,7 +409,7 @@ class HttpConnection(ResponseRelay):
         cycle.final_started = True
         data = messages.render_error(error, accept=cycle.accept, head_only=cycle.head_only)
         try:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
             cycle.bytes_out += len(data)
         except OSError as exc:
             log.debug("http error page not delivered: bind=%d %s", self.binding.bind_id, exc)

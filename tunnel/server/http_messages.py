@@ -3,7 +3,7 @@
 No I/O and no gevent here: :mod:`tunnel.server.http_mode` drives the sockets and the stream and
 calls these functions, and the unit tests call them directly (docs/http-mode.md).
 
-Headers travel as h11 gives them from ``Headers.raw_items()``: a list of ``(name, value)`` byte
+Headers travel as llhttp gives them (:mod:`tunnel.server.http_heads`): a list of ``(name, value)`` byte
 pairs with the sender's casing, in order. Names are compared case-insensitively.
 """
 
@@ -23,14 +23,11 @@ __all__ = [
     "access_path",
     "bad_request",
     "check_request",
-    "chunk",
     "connect_error",
     "forwarding_headers",
-    "last_chunk",
     "method_label",
     "render_error",
     "request_head",
-    "state_headers",
     "wants_json",
 ]
 
@@ -112,11 +109,12 @@ def connect_error(code_name: str, reason: str) -> KitError:
 
 
 def check_request(http_version: bytes, headers: RawHeaders) -> KitError | None:
-    """Refuse what h11 lets through but a proxy must not forward (request smuggling).
+    """Refuse what llhttp lets through but a proxy must not forward (request smuggling).
 
-    h11 already refuses conflicting ``Content-Length`` values, several ``Transfer-Encoding``
-    headers and any coding but ``chunked``. Left here: both framings at once (RFC 9112 §6.1:
-    "ought to be handled as an error"), and HTTP versions other than 1.0 and 1.1.
+    llhttp and :func:`~tunnel.server.http_heads.parse_request_head` already refuse duplicate
+    ``Content-Length`` values, both framings at once (RFC 9112 §6.1: "ought to be handled as an
+    error") and any coding but ``chunked``; checked again here, with the HTTP version (1.0 and
+    1.1 only) and ``Host`` (exactly one in HTTP/1.1, at most one in HTTP/1.0).
     """
     if http_version not in (b"1.0", b"1.1"):
         return bad_request(f"HTTP/{http_version.decode('ascii', 'replace')} is not supported", 505)
@@ -134,6 +132,8 @@ def check_request(http_version: bytes, headers: RawHeaders) -> KitError | None:
         return bad_request("both Content-Length and Transfer-Encoding are set")
     if hosts > 1:
         return bad_request("more than one Host header")  # RFC 9112 §3.2
+    if hosts == 0 and http_version == b"1.1":
+        return bad_request("an HTTP/1.1 request without a Host header")  # RFC 9112 §3.2
     return None
 
 
@@ -349,39 +349,18 @@ def access_path(target: bytes) -> str:
     return path if len(path) <= MAX_LOGGED_PATH else path[: MAX_LOGGED_PATH - 3] + "..."
 
 
-# -- request serialization (the head and chunked framing the kit forwards) -----------------------
+# -- request serialization (the head the kit forwards) ------------------------------------------
 
 
-def request_head(method: bytes, target: bytes, headers: RawHeaders) -> bytes:
-    """``METHOD TARGET HTTP/1.1`` and the headers, as the kit forwards them.
+def request_head(method: bytes, target: bytes, version: bytes, headers: RawHeaders) -> bytes:
+    """``METHOD TARGET HTTP/<version>`` and the headers, as the kit forwards them.
 
-    Every value either came out of h11's parser (validated: no CR, LF or NUL) or was built by
-    :func:`forwarding_headers` from such values, the peer address and the BIND's validated
-    ``hostHeader``, so they are written as they are.
+    Every value either came out of llhttp (validated: no CR, LF, NUL or other control character)
+    or was built by :func:`forwarding_headers` from such values, the peer address and the BIND's
+    validated ``hostHeader``, so they are written as they are.
     """
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    parts = [method, b" ", target, b" HTTP/", version, b"\r\n"]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def chunk(data: bytes | bytearray) -> bytes:
-    """One chunk of a chunked body (RFC 9112 §7.1); never called with empty data."""
-    return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
-
-
-def last_chunk(trailers: RawHeaders) -> bytes:
-    """The zero-size chunk, the trailer fields, and the final CRLF."""
-    return b"0\r\n" + b"".join(name + b": " + value + b"\r\n" for name, value in trailers) + b"\r\n"
-
-
-_STATE_HEADERS = frozenset({b"connection", b"upgrade"})
-
-
-def state_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
-    """What h11's client needs to know of a forwarded request to read its response right: the
-    Connection and Upgrade headers (keep-alive, a protocol switch), plus a Host (h11 insists).
-    The body is framed by the kit itself, so it is declared empty to h11."""
-    kept = [(name.lower(), value) for name, value in headers if name.lower() in _STATE_HEADERS]
-    return [(b"host", b"kit"), *kept, (b"content-length", b"0")]

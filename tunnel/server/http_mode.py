@@ -10,15 +10,13 @@ runner's ``pumps`` in place of the plain :class:`~tunnel.mux.pump.StreamPump` th
 request, not at accept, so a malformed request never reaches the client's side. The client's
 side does not change: it dials its target for the stream and relays bytes (docs/http-mode.md).
 
-Two h11 state machines per connection:
-
-* ``HttpConnection.server`` (h11 SERVER) parses the external client's requests (and, for an
-  HTTP/1.0 client only, frames the responses for it);
-* ``HttpStream.client`` (h11 CLIENT, one per stream) parses what comes back over the stream:
-  where each response ends (keep-alive), its status (metrics, access log), its validity, and a
-  101 (or a 2xx to CONNECT) after which the stream is a plain byte relay. It is told of each
-  forwarded request only what reading the response needs (method, keep-alive, upgrade): the kit
-  writes the request head, with the forwarding headers, and the body framing itself.
+Parsing and framing (both pure): every request and response head is parsed whole by llhttp,
+through httptools (``server/http_heads.py``), which also decides how the body that follows is
+framed; a :class:`~tunnel.server.http_framing.BodyScanner` (``server/http_framing.py``) then tells
+where that body ends in the byte stream without copying it. Heads are rebuilt only for requests
+(the forwarding headers); bodies, chunked ones included, and whole responses go through as the
+sender wrote them, once their head has been parsed. Bytes after a message's end are the next
+request (pipelining), or, from the target, a reason not to reuse the stream.
 
 Per request, the connection greenlet reads the head and checks it (400, nothing forwarded),
 holds it while the session is parked (up to ``HOODY_TUNNEL_HTTP_HOLD_MS``), takes a stream (none
@@ -26,12 +24,13 @@ free: 503 at once, where tcp mode waits), and writes the head. A request without
 answered in the same greenlet (``ResponseRelay._respond``, ``server/http_response.py``); for one
 with a body a *responder* greenlet relays the response while the body streams up in chunks, each
 within the stream's send credit (the response may come early, or be a 100 Continue the client
-waits for). The responder takes the stream's DATA, feeds h11, writes the bytes out and only then
+waits for). The responder takes the stream's DATA, scans it, writes the bytes out and only then
 acknowledges the DATA, so the WINDOW the client gets reflects bytes really written (wire-protocol
 §5). Memory per connection is bounded by one read and one window, whatever the body size.
 
-To an HTTP/1.1 client the response goes out as the target sent it, once h11 has parsed its head
-(an invalid head never goes out in part); h11 re-frames it only for an HTTP/1.0 client.
+A request goes on in the HTTP version it came in (an HTTP/1.0 client gets its response in
+HTTP/1.0 terms from the target itself); the response goes out as the target sent it, once its
+head has been parsed (an invalid head never goes out in part).
 
 One writer per direction: while a responder runs it is the only one writing to the external
 socket, its own error pages included (a 502 when the stream is reset before a response); the

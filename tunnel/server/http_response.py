@@ -2,27 +2,28 @@
 
 :class:`ResponseRelay` is mixed into :class:`~tunnel.server.http_connection.HttpConnection`; it
 holds what one request's response needs (see :mod:`tunnel.server.http_mode` for the theory of
-operation). h11's client parses every response: boundaries, status, protocol switch, validity.
-To an HTTP/1.1 client the target's bytes go out as they came, once h11 has parsed the head (an
-invalid head never goes out in part); an HTTP/1.0 client gets the response re-framed by h11's
-server (no chunked coding for it).
+operation). Every response head is parsed by llhttp (:mod:`tunnel.server.http_heads`) before
+any of it goes out, so an invalid head never reaches the HTTP client in part; the body's bytes
+then go out as the target sent them, while :class:`~tunnel.server.http_framing.BodyScanner`
+tells where the response ends (bytes after it are not relayed, and the stream is not reused).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import re
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union, cast
+from typing import TYPE_CHECKING
 
 import gevent
-import h11
 from gevent.event import Event
 
+from tunnel.mux.dialing import send_all
 from tunnel.protocol import ErrorCode
 from tunnel.server import http_messages as messages
+from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyScanner, FramingError, head_end
+from tunnel.server.http_heads import HeadError, parse_response_head
 from tunnel.server.http_messages import KitError
 from tunnel.server.http_stream import HttpStream, StreamGone
 
@@ -33,12 +34,6 @@ log = logging.getLogger("tunnel.http")
 
 RETRY_AFTER_BUSY_S = 1
 RETRY_AFTER_RECONNECTING_S = 5
-#: Responder writes: pieces up to this size are joined into one send.
-JOIN_LIMIT = 64 * 1024
-
-NextEvent = Union[h11.Event, type[h11.NEED_DATA], type[h11.PAUSED]]
-H11_DETAIL = re.compile(r":\s*(?:bytearray\(|b'|b\"|\().*$", re.DOTALL)
-
 
 
 class ClientGone(Exception):
@@ -51,15 +46,6 @@ class BadUpstream(Exception):
     def __init__(self, message: str, *, eof: bool) -> None:
         super().__init__(message)
         self.eof = eof  # the target had closed its side: a cut, rather than garbage
-
-
-
-def h11_reason(exc: h11.ProtocolError) -> str:
-    """h11's message without the received bytes it quotes (they could be anything)."""
-    text = H11_DETAIL.sub("", str(exc)).strip() or "malformed request"
-    return text[:120]
-
-
 
 
 class Outcome(enum.Enum):
@@ -85,8 +71,6 @@ class Cycle:
     bytes_out: int = 0
     final_started: bool = False  # a final (or 101) response head went out: no error page now
     request_done: bool = False
-    chunked: bool = False  # the request body is chunked (and is forwarded chunked)
-    relayed_raw: bool = False  # the response went out as the target sent it
     saw_eof: bool = False  # the target closed its side of the stream
     held: bool = False
     outcome: Outcome = Outcome.PENDING
@@ -101,26 +85,17 @@ class ResponseRelay:
     """The response half of an HTTP connection (a mixin of HttpConnection)."""
 
     sock: socket.socket
-    server: h11.Connection
     binding: Binding
+    _drain_on_close: bool
 
     def _reply(self, cycle: Cycle, error: KitError, *, record: bool = True) -> None:
         raise NotImplementedError  # HttpConnection._reply
 
-
     def _respond(self, stream: HttpStream, cycle: Cycle) -> None:
-        """Relay the response from the stream to the external socket, or answer for the target.
-
-        h11's client parses every response (boundaries, status, protocol switch, validity). To an
-        HTTP/1.1 client the target's bytes go out as they came, once h11 has parsed the head;
-        an HTTP/1.0 client gets the response re-framed by h11's server (no chunked coding).
-        """
+        """Relay the response from the stream to the external socket, or answer for the target."""
         error: KitError | None = None
         try:
-            if self.server.their_http_version == b"1.1":
-                self._respond_raw(stream, cycle)
-            else:
-                self._respond_reframed(stream, cycle)
+            self._relay_response(stream, cycle)
         except StreamGone:
             error = cycle.request_error or stream_error(stream)
         except BadUpstream as exc:
@@ -132,11 +107,6 @@ class ResponseRelay:
                 f"The local service on the connected machine sent an invalid HTTP response ({exc}).",
             )
             stream.abort("http: invalid response")
-        except h11.LocalProtocolError as exc:
-            # The response cannot be framed for this client (h11 refuses it): give up on both.
-            log.info("http response refused by h11: bind=%d reason=%s", self.binding.bind_id, exc)
-            error = KitError(502, "bad_response", "The local service's response cannot be relayed.")
-            stream.abort("http: response cannot be relayed")
         except ClientGone:
             stream.abort("http: the HTTP client went away")
         finally:
@@ -147,162 +117,105 @@ class ResponseRelay:
             if cycle.done is not None:
                 cycle.done.set()
 
-    def _next_response_event(self, stream: HttpStream, cycle: Cycle) -> NextEvent:
-        try:
-            return stream.client.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise BadUpstream(h11_reason(exc), eof=cycle.saw_eof) from None
-
-    def _take_inbound(self, stream: HttpStream, cycle: Cycle) -> bytes | memoryview:
-        """The next DATA, fed to h11's client too; b"" at the stream's FIN."""
-        chunk = stream.next_inbound()
-        if chunk is None:
-            cycle.saw_eof = True
-            stream.client.receive_data(b"")
-            return b""
-        # h11 appends it to a bytearray: a memoryview slice works as it is.
-        stream.client.receive_data(cast(bytes, chunk))
-        return chunk
-
-    def _respond_raw(self, stream: HttpStream, cycle: Cycle) -> None:
-        client = stream.client
-        pending: list[bytes | bytearray | memoryview] = []  # received, not written yet
+    def _relay_response(self, stream: HttpStream, cycle: Cycle) -> None:
+        """Heads (1xx ones included) are gathered and parsed whole before they go out; the
+        final response's body goes out piece by piece as it comes, each piece acknowledged to
+        the stream only once written (so the WINDOW the client gets reflects bytes written)."""
+        buf: bytes | bytearray = b""  # received, not written: a head being gathered (bounded)
+        searched = 0
         unacked = 0
-        informational = False
         while True:
-            event = self._next_response_event(stream, cycle)
-            if event is h11.NEED_DATA:
-                if pending and cycle.final_started:
-                    self._write(pending, cycle)
-                elif pending and informational:
-                    # A 100 Continue must reach the client now; a final head still incomplete
-                    # stays back (an invalid one must not go out in part).
-                    self._write(pending, cycle, keep=len(client.trailing_data[0]))
-                stream.consumed(unacked)
-                chunk = self._take_inbound(stream, cycle)
+            end = head_end(buf, searched)
+            if end < 0:
+                if len(buf) > MAX_HEAD_SIZE:
+                    raise BadUpstream("its head is larger than 64 KiB", eof=False)
+                stream.consumed(unacked)  # a head part is held here, bounded: acknowledged
+                chunk = stream.next_inbound()
+                if chunk is None:
+                    cycle.saw_eof = True
+                    raise BadUpstream("the target closed the connection", eof=True)
                 unacked = len(chunk)
-                if chunk:
-                    pending.append(chunk)
-            elif isinstance(event, h11.Response):
-                cycle.status = event.status_code
-                cycle.final_started = True
-                if client.their_state is h11.SWITCHED_PROTOCOL:  # a 2xx to CONNECT
-                    self._switched(stream, cycle, pending, unacked)
-                    return
-            elif isinstance(event, h11.InformationalResponse):
-                informational = True
-                if client.their_state is h11.SWITCHED_PROTOCOL:  # 101
-                    cycle.status = event.status_code
-                    cycle.final_started = True
-                    self._switched(stream, cycle, pending, unacked)
-                    return
-            elif isinstance(event, h11.EndOfMessage):
-                # Bytes after the response's end: the target is talking out of turn. They stay
-                # out, and the stream is not used again.
-                leftover = len(client.trailing_data[0])
-                self._write(pending, cycle, keep=leftover)
-                stream.consumed(unacked)
-                stream.tainted = leftover > 0
-                cycle.target_keep_alive = client.their_state is h11.DONE and client.our_state is h11.DONE
-                cycle.relayed_raw = True
-                self._complete(stream, cycle)
-                return
-            elif not isinstance(event, h11.Data):  # Data: its bytes are in pending already
-                raise BadUpstream("the target closed the connection", eof=True)
-
-    def _respond_reframed(self, stream: HttpStream, cycle: Cycle) -> None:
-        client = stream.client
-        server = self.server
-        out: list[bytes | bytearray | memoryview] = []
-        unacked = 0
-        while True:
-            event = self._next_response_event(stream, cycle)
-            if event is h11.NEED_DATA:
-                self._write(out, cycle)
-                stream.consumed(unacked)
-                unacked = len(self._take_inbound(stream, cycle))
-            elif isinstance(event, h11.Data):
-                out.extend(server.send_with_data_passthrough(event) or ())
-            elif isinstance(event, (h11.Response, h11.InformationalResponse)):
-                if isinstance(event, h11.Response):
-                    cycle.status = event.status_code
-                    cycle.final_started = True
-                    answer: h11.Event = h11.Response(
-                        status_code=event.status_code, headers=event.headers.raw_items(), reason=event.reason
-                    )
+                searched = len(buf)
+                if not buf:
+                    buf = bytes(chunk)
                 else:
-                    answer = h11.InformationalResponse(
-                        status_code=event.status_code, headers=event.headers.raw_items(), reason=event.reason
-                    )
-                out.append(sent(server.send(answer)))
-                if client.their_state is h11.SWITCHED_PROTOCOL:
-                    cycle.status = event.status_code
-                    cycle.final_started = True
-                    out.append(client.trailing_data[0])  # the target's first bytes after it
-                    self._write(out, cycle)
-                    stream.consumed(unacked)
-                    cycle.outcome = Outcome.SWITCHED
-                    return
-            elif isinstance(event, h11.EndOfMessage):
-                out.append(sent(server.send(h11.EndOfMessage(headers=event.headers))))
-                self._write(out, cycle)
+                    if isinstance(buf, bytes):
+                        buf = bytearray(buf)
+                    buf += chunk
+                continue
+            try:
+                head = parse_response_head(buf[:end] if end < len(buf) else buf, cycle.method)
+            except HeadError as exc:
+                raise BadUpstream(exc.detail, eof=False) from None
+            if head.switched:
+                cycle.status = head.status
+                cycle.final_started = True
+                self._send(buf, cycle)  # the head and the target's first bytes after it
                 stream.consumed(unacked)
-                stream.tainted = bool(client.trailing_data[0])
-                # The client's side may close; h11's server re-frames, so the HTTP client's
-                # connection can stay (the next request gets a new stream).
-                self._complete(stream, cycle)
+                cycle.outcome = Outcome.SWITCHED
                 return
-            else:
-                raise BadUpstream("the target closed the connection", eof=True)
-
-    def _switched(
-        self,
-        stream: HttpStream,
-        cycle: Cycle,
-        pending: list[bytes | bytearray | memoryview],
-        unacked: int,
-    ) -> None:
-        """The protocol switched: everything received goes out (the head and the target's first
-        bytes after it). From now on the stream relays bytes (HttpConnection._relay)."""
-        self._write(pending, cycle)
+            if head.status < 200:
+                # 100 Continue (or another 1xx): out at once; the final response follows.
+                self._send(buf[:end], cycle)
+                buf, searched = buf[end:], 0
+                continue
+            break
+        cycle.status = head.status
+        cycle.final_started = True
+        scanner = BodyScanner(head.body, head.length)
+        rest = memoryview(buf)[end:]
+        taken = self._scan(scanner, rest, cycle)
+        leftover = len(rest) - taken
+        self._send(buf if not leftover else buf[: end + taken], cycle)
+        while not scanner.done:
+            stream.consumed(unacked)
+            data = stream.next_inbound()
+            if data is None:
+                cycle.saw_eof = True
+                unacked = 0
+                try:
+                    scanner.end_of_input()
+                except FramingError:
+                    raise BadUpstream("the target closed the connection mid-body", eof=True) from None
+                break
+            unacked = len(data)
+            taken = self._scan(scanner, data, cycle)
+            leftover = len(data) - taken
+            if taken:
+                self._send(data if not leftover else memoryview(data)[:taken], cycle)
         stream.consumed(unacked)
-        cycle.outcome = Outcome.SWITCHED
+        # Bytes after the response's end: the target is talking out of turn. They stay out,
+        # and the stream is not used again.
+        stream.tainted = leftover > 0
+        cycle.target_keep_alive = head.keep_alive and not cycle.saw_eof
+        self._complete(stream, cycle)
+
+    @staticmethod
+    def _scan(scanner: BodyScanner, data: bytes | memoryview, cycle: Cycle) -> int:
+        try:
+            return scanner.scan(data)
+        except FramingError as exc:
+            raise BadUpstream(str(exc), eof=False) from None
 
     def _complete(self, stream: HttpStream, cycle: Cycle) -> None:
         cycle.outcome = Outcome.COMPLETE
         if not cycle.request_done:
             # Answered before the whole request came: the rest cannot be forwarded any more,
-            # nor the connection reused.
+            # nor the connection reused. What the client still sends is read and dropped at the
+            # close, so the response is not destroyed by a TCP reset.
             stream.abort("http: response complete before the request")
+            self._drain_on_close = True
             shutdown_write(self.sock)
 
-    def _write(self, out: list[bytes | bytearray | memoryview], cycle: Cycle, keep: int = 0) -> None:
-        """Write ``out`` to the external socket, but for its last ``keep`` bytes (they stay)."""
-        if not out:
+    def _send(self, data: bytes | bytearray | memoryview, cycle: Cycle) -> None:
+        """Write ``data`` to the external socket."""
+        if not data:
             return
-        sock = self.sock
-        if keep:
-            data = b"".join(out)
-            out[:] = [data[len(data) - keep :]]
-            if len(data) == keep:
-                return
-            pieces: list[bytes | bytearray | memoryview] = [data[: len(data) - keep]]
-        else:
-            pieces = out
-        size = sum(len(piece) for piece in pieces)
         try:
-            if len(pieces) == 1:
-                sock.sendall(pieces[0])
-            elif size <= JOIN_LIMIT:
-                sock.sendall(b"".join(pieces))
-            else:
-                for piece in pieces:
-                    sock.sendall(piece)
+            send_all(self.sock, data)
         except OSError:
             raise ClientGone() from None
-        cycle.bytes_out += size
-        if not keep:
-            out.clear()
+        cycle.bytes_out += len(data)
 
     def _answer_failure(self, cycle: Cycle, error: KitError) -> None:
         """The response failed: an error page if nothing of a final response went out yet,
@@ -312,12 +225,6 @@ class ResponseRelay:
             abort_socket(self.sock)
             return
         self._reply(cycle, error, record=False)
-
-
-
-def sent(data: bytes | None) -> bytes:
-    assert data is not None  # h11 returns None only for ConnectionClosed
-    return data
 
 
 def closed_error() -> KitError:

@@ -14,12 +14,12 @@ RST's code and text right after, through ``KitSession.http_streams``.
 
 from __future__ import annotations
 
+import collections
 import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import h11
 from gevent.event import Event
 
 from tunnel.mux.pump import StreamPump
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from tunnel.mux.runner import SessionRunner
     from tunnel.server.kit_session import KitSession
 
-#: Largest response head (status line plus headers).
-MAX_HEAD_SIZE = 64 * 1024
 #: After our FIN, how long the client's side has to close the stream before it is reset.
 LINGER_S = 5.0
 
@@ -40,7 +38,7 @@ class StreamGone(Exception):
 
 
 class HttpStream(StreamPump):
-    """The stream of one HTTP connection: a StreamPump whose local side is an h11 client.
+    """The stream of one HTTP connection: a StreamPump whose local side is the kit's HTTP relay.
 
     While the connection speaks HTTP it has no socket: :class:`HttpConnection` pushes request
     bytes with :meth:`send_within_credit` and its responder pulls DATA with
@@ -58,10 +56,10 @@ class HttpStream(StreamPump):
     ) -> None:
         super().__init__(runner, stream_id, on_finished=on_finished)
         self.kit_session = kit_session
-        self.client = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
         self.reset_code: int | None = None  # from the RST (note_reset), None: the session ended
         self.reset_reason = ""
         self._reset_by_runner = False
+        self._received_before_reset: collections.deque[bytes | memoryview] = collections.deque()
         self._relaying = False
         self._finished_event = Event()
         self.tainted = False  # the target sent bytes beyond a response: do not reuse
@@ -89,7 +87,11 @@ class HttpStream(StreamPump):
             super().reset()
             return
         self._reset_by_runner = True
+        # DATA that came before the RST is still the target's answer (an app that answers 413
+        # and closes mid-upload resets its connection): the responder may relay it yet.
+        received_before = list(self._inbound)
         self._finish(abort=False)
+        self._received_before_reset.extend(received_before)
 
     def note_reset(self, code: int, reason: str) -> None:
         """The RST's code and text (``KitSession.event_received``, right after :meth:`reset`)."""
@@ -115,8 +117,6 @@ class HttpStream(StreamPump):
             and not self._sent_fin
             and not self._inbound  # bytes nobody asked for: the target is not speaking HTTP
             and not self.tainted
-            and self.client.our_state is h11.IDLE
-            and self.client.their_state is h11.IDLE
         )
 
     def send_within_credit(self, data: bytes | bytearray | memoryview) -> int:
@@ -149,7 +149,8 @@ class HttpStream(StreamPump):
 
     def next_inbound(self) -> bytes | memoryview | None:
         """The next DATA from the client's side (the caller acknowledges it with
-        :meth:`consumed` once written out); None at its FIN.
+        :meth:`consumed` once written out); None at its FIN. After a reset, the DATA that came
+        before it, then StreamGone.
 
         Raises:
             StreamGone: the stream was reset or finished.
@@ -157,6 +158,8 @@ class HttpStream(StreamPump):
         inbound = self._inbound
         while True:
             if self._finished:
+                if self._received_before_reset:
+                    return self._received_before_reset.popleft()
                 raise StreamGone()
             if inbound:
                 return inbound.popleft()

@@ -169,28 +169,19 @@ def test_connect_error(code: str, reason: str, cause: str, text: str) -> None:
     assert error.status == 502 and error.cause == cause and text in error.message
 
 
-def test_request_head_and_chunk_framing_round_trip_through_h11() -> None:
-    head = m.request_head(b"POST", b"/up?x=1", [(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")])
-    wire = head + m.chunk(b"hello") + m.chunk(b" world") + m.last_chunk([(b"X-Sum", b"1")])
-    server = h11.Connection(h11.SERVER)
-    server.receive_data(wire)
-    request = server.next_event()
-    assert isinstance(request, h11.Request) and request.target == b"/up?x=1"
-    body = b""
-    while True:
-        event = server.next_event()
-        if isinstance(event, h11.Data):
-            body += event.data
-        else:
-            assert isinstance(event, h11.EndOfMessage)
-            assert list(event.headers) == [(b"x-sum", b"1")]
-            break
-    assert body == b"hello world"
+def test_request_head_round_trips_through_llhttp_and_h11() -> None:
+    from tunnel.server.http_heads import parse_request_head
 
-
-def test_state_headers_keep_what_reading_the_response_needs() -> None:
-    kept = m.state_headers([(b"Host", b"a"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"), (b"Cookie", b"s")])
-    assert kept == [(b"host", b"kit"), (b"connection", b"Upgrade"), (b"upgrade", b"websocket"), (b"content-length", b"0")]
+    headers = [(b"Host", b"a"), (b"Transfer-Encoding", b"chunked"), (b"X-Forwarded-For", b"1.2.3.4")]
+    for version in (b"1.1", b"1.0"):
+        head = m.request_head(b"POST", b"/up?x=1", version, headers)
+        assert head.startswith(b"POST /up?x=1 HTTP/" + version + b"\r\n") and head.endswith(b"\r\n\r\n")
+        parsed = parse_request_head(head)
+        assert (parsed.method, parsed.target, parsed.version, parsed.headers) == (b"POST", b"/up?x=1", version, headers)
+        server = h11.Connection(h11.SERVER)
+        server.receive_data(head)
+        request = server.next_event()
+        assert isinstance(request, h11.Request) and request.headers.raw_items() == headers
 
 
 def test_method_label_and_access_path() -> None:
@@ -213,5 +204,5 @@ def test_forwarded_headers_never_break_h11_for_parsed_input(raw: bytes) -> None:
         return
     headers = m.forwarding_headers(request.headers.raw_items(), peer_ip="1.2.3.4", port=80, host_header=None, default_host="k")
     again = h11.Connection(h11.SERVER)
-    again.receive_data(m.request_head(request.method, request.target, headers))
+    again.receive_data(m.request_head(request.method, request.target, b"1.1", headers))
     assert isinstance(again.next_event(), h11.Request)
