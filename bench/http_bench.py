@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+import psutil
+
 from bench.paths import REPO_ROOT, KitCredentials, log, start_kit_server
 from bench.procs import BenchError, Managed, ProcessSet, listening_socket, tail, unused_port, wait_until
 
@@ -98,6 +100,8 @@ class WrkResult:
     non_2xx: int = 0
     socket_errors: str = ""
     error: str = ""
+    kit_cpu_us: float | None = None  # the kit worker's CPU per request (user + system)
+    client_cpu_us: float | None = None  # the tunnel client's CPU per request
 
 
 @dataclass
@@ -170,17 +174,36 @@ def parse_wrk(path: str, output: str) -> WrkResult:
     return result
 
 
-def run_wrk(wrk: str, path: str, port: int, cfg: HttpConfig) -> WrkResult:
+def cpu_s(pids: list[int]) -> float | None:
+    """User + system CPU seconds of ``pids`` (None when one is gone)."""
+    try:
+        return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+    except psutil.Error:
+        return None
+
+
+def run_wrk(wrk: str, path: str, port: int, cfg: HttpConfig, *, kit_pids: list[int] = (),
+            client_pids: list[int] = ()) -> WrkResult:
+    """One wrk run after a warm-up; with pids, also the CPU those processes spent per request
+    (a number that, unlike requests/s, barely moves with what else the machine runs)."""
     url = f"http://127.0.0.1:{port}/"
     base = [wrk, f"-t{cfg.threads}", f"-c{cfg.conns}", "--latency", url]
     subprocess.run([*base[:3], f"-d{cfg.warmup_s}s", *base[3:]], capture_output=True, timeout=cfg.warmup_s + 60,
                    check=False)
+    before = [cpu_s(list(kit_pids)), cpu_s(list(client_pids))]
     done = subprocess.run([*base[:3], f"-d{cfg.duration_s}s", *base[3:]], capture_output=True,
                           timeout=cfg.duration_s + 60, check=False)
+    after = [cpu_s(list(kit_pids)), cpu_s(list(client_pids))]
     output = done.stdout.decode("utf-8", "replace") + done.stderr.decode("utf-8", "replace")
     result = parse_wrk(path, output)
     if done.returncode != 0 and not result.error:
         result.error = f"wrk exited with status {done.returncode}: {output[-500:]}"
+    if result.requests:
+        spent = [None if a is None or b is None else (b - a) / result.requests * 1e6 for a, b in zip(before, after)]
+        if kit_pids:
+            result.kit_cpu_us = spent[0]
+        if client_pids:
+            result.client_cpu_us = spent[1]
     return result
 
 
@@ -251,12 +274,13 @@ def format_report(report: HttpReport) -> str:
              f"{report.config['conns']} connections, {report.config['threads']} threads, "
              f"{report.config['duration_s']} s per path, {report.config['body_bytes']} B bodies",
              f"{'server':<6} {'path':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'requests':>10} "
-             f"{'non-2xx':>8}  errors"]
+             f"{'non-2xx':>8} {'kit µs/req':>10} {'client µs/req':>13}  errors"]
     for key, result in report.results.items():
         target, _, name = key.partition("/")
         lines.append(f"{target:<6} {name:<8} {_cell(result.requests_per_s, '.0f'):>10} "
                      f"{_cell(result.p50_ms, '.2f'):>8} {_cell(result.p99_ms, '.2f'):>8} {result.requests:>10} "
-                     f"{result.non_2xx:>8}  "
+                     f"{result.non_2xx:>8} {_cell(result.kit_cpu_us, '.0f'):>10} "
+                     f"{_cell(result.client_cpu_us, '.0f'):>13}  "
                      f"{result.error.splitlines()[0] if result.error else result.socket_errors or '-'}")
     for target in report.config["targets"]:  # type: ignore[attr-defined]
         ratio = report.ratio(str(target))
@@ -300,7 +324,9 @@ def run(cfg: HttpConfig) -> HttpReport:
                     report.results[key] = WrkResult(name, target, error=str(exc))
                     continue
                 log(f"measuring {target} {name} (port {port})")
-                report.results[key] = _measured(run_wrk(wrk, name, port, cfg), target)
+                kit_pids = [child.pid for child in psutil.Process(server.popen.pid).children()]
+                report.results[key] = _measured(
+                    run_wrk(wrk, name, port, cfg, kit_pids=kit_pids, client_pids=[client.popen.pid]), target)
             if any(r.error for r in report.results.values()):
                 report.notes.append(f"kit stderr tail:\n{tail(server.stderr_path, 1500)}")
                 report.notes.append(f"client output tail:\n{tail(client.stdout_path, 800)}")

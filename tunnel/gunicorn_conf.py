@@ -88,6 +88,12 @@ logconfig_dict = {
             "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
         },
         "access": {"format": "%(message)s"},
+        # The same lines as "generic", with the time rendered once per second (a line per request).
+        "generic_cached_time": {
+            "()": "tunnel.log_handlers.CachedTimeFormatter",
+            "fmt": _LOG_FORMAT,
+            "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
+        },
     },
     "handlers": {
         "stderr": {
@@ -108,7 +114,7 @@ logconfig_dict = {
         # HTTP mode's access log (a line per request): written once per event-loop turn.
         "http_access": {
             "class": "tunnel.log_handlers.LoopBatchedStreamHandler",
-            "formatter": "generic",
+            "formatter": "generic_cached_time",
             "stream": "ext://sys.stderr",
         },
     },

@@ -56,3 +56,39 @@ def test_max_lines_writes_at_once_and_close_writes_the_rest() -> None:
     assert stream.getvalue() == "a\nb\nc\n"
     logger.debug("filtered out by the level")
     logger.removeHandler(handler)
+
+
+def test_record_factory_records_format_like_the_logger_s_own() -> None:
+    from tunnel.log_handlers import RecordFactory
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = _logger(Keep())
+    factory = RecordFactory(logger, logging.INFO, pathname=__file__, func="here")
+    factory.log("a=%d b=%s", 1, "x")
+    logger.info("a=%d b=%s", 1, "x")
+    made, real = records
+    formatter = logging.Formatter("%(name)s %(levelname)s %(process)d %(module)s %(funcName)s %(message)s")
+    assert formatter.format(made).replace("here", "test_record_factory_records_format_like_the_logger_s_own") == formatter.format(real)
+    assert made.getMessage() == "a=1 b=x" and made.args == (1, "x")
+    assert 0 <= real.created - made.created < 1 and abs(made.relativeCreated - real.relativeCreated) < 1000
+    assert 0 <= made.msecs < 1000
+    logger.setLevel(logging.WARNING)
+    factory.log("not at this level")
+    assert len(records) == 2
+
+
+def test_cached_time_formatter_renders_like_the_plain_one_across_seconds() -> None:
+    from tunnel.log_handlers import CachedTimeFormatter
+
+    fmt, datefmt = "%(asctime)s %(message)s", "[%Y-%m-%d %H:%M:%S %z]"
+    cached, plain = CachedTimeFormatter(fmt, datefmt), logging.Formatter(fmt, datefmt)
+    for created in (1_000_000.1, 1_000_000.9, 1_000_001.0, 1_000_000.5, 1_000_002.2):
+        record = logging.makeLogRecord({"msg": "line", "created": created})
+        assert cached.format(record) == plain.format(record)
+    record = logging.makeLogRecord({"msg": "line", "created": 5.25, "msecs": 250.0})
+    assert CachedTimeFormatter("%(asctime)s").format(record) == logging.Formatter("%(asctime)s").format(record)

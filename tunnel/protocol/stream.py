@@ -59,6 +59,10 @@ __all__ = ["Opener", "Stream", "StreamEffect", "StreamInput", "StreamState", "St
 class StreamState(Enum):
     """Where a stream is in its life (see the module docstring)."""
 
+    # Identity hashing (members are singletons) in C: Enum's own __hash__ is Python code, and
+    # the transition table hashes a (state, input) pair for every DATA frame each way.
+    __hash__ = object.__hash__
+
     IDLE = "idle"
     OPEN_SENT = "open_sent"
     OPEN_SENT_HALF_CLOSED_LOCAL = "open_sent_half_closed_local"
@@ -75,6 +79,8 @@ class StreamInput(Enum):
 
     ``*_FIN`` is DATA with the FIN flag (with or without payload); ``*_DATA`` is DATA without it.
     """
+
+    __hash__ = object.__hash__  # see StreamState
 
     SEND_OPEN = "send_open"
     SEND_OPEN_OK = "send_open_ok"

@@ -17,8 +17,9 @@ from gevent.event import Event
 
 from tunnel.protocol import SessionState as ProtocolState
 from tunnel.server import http_messages as messages
+from tunnel.log_handlers import RecordFactory
 from tunnel.mux.dialing import send_all
-from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyScanner, FramingError, head_end
+from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, head_end
 from tunnel.server.http_heads import HeadError, RequestHead, parse_request_head
 from tunnel.server.http_messages import KitError
 from tunnel.server.http_response import (
@@ -59,6 +60,7 @@ class Recorder:
     def __init__(self, metrics: Metrics, bind_id: int) -> None:
         self.stats = metrics.http
         self.bind_id = bind_id
+        self.access = RecordFactory(access_log, logging.INFO, pathname=__file__, func="record")
 
     def record(self, cycle: Cycle) -> None:
         duration_s = time.monotonic() - cycle.started
@@ -73,7 +75,7 @@ class Recorder:
             None if error is None else error.cause,
         )
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
+            self.access.log(
                 "http request: bind=%d method=%s path=%s status=%s bytes_in=%d bytes_out=%d "
                 "duration_ms=%.1f%s",
                 self.bind_id,
@@ -115,11 +117,14 @@ class HttpConnection(ResponseRelay):
         self.metrics = kit_session.kit.metrics
         self.recorder = recorder or Recorder(self.metrics, binding.bind_id)
         self.hold_s = kit_session.settings.http_hold_s
-        self.buffer: bytes | bytearray = b""  # received from the client, not forwarded yet
+        self.buffer: bytes | bytearray = b""  # received from the client, not forwarding yet
+        self._forwarding_cache: dict[bytes | None, tuple[bytes, bytes]] = {}  # see forwarding_headers
         self.stream: HttpStream | None = None
         self.cycle: Cycle | None = None
         self._refusal = refusal  # answer every request with this (no FD permit: 503)
         self._idle_timeout_s = idle_timeout_s
+        self._stream_idle_timer: gevent.Timeout | None = None  # made at first use, then reused
+        self._keepalive_timer: gevent.Timeout | None = None
         self._drain_on_close = False
         self._handed_over = False  # the stream owns the socket (relay after a 101)
         try:
@@ -162,7 +167,7 @@ class HttpConnection(ResponseRelay):
             while buf[:2] == b"\r\n":
                 buf = buf[2:]  # empty lines before a request are ignored (RFC 9112 §2.2)
                 searched = 0
-            end = head_end(buf, searched)
+            end = head_end(buf, searched) if buf else -1
             if end >= 0:
                 break
             if len(buf) > MAX_HEAD_SIZE:
@@ -194,22 +199,36 @@ class HttpConnection(ResponseRelay):
     def _read_between_requests(self) -> bytes | None:
         """Wait for the next request's bytes: give the stream back after STREAM_IDLE_S, close
         after the keep-alive timeout. None: closed, failed or timed out."""
-        sock = self.sock
         idle_s = self._idle_timeout_s
         try:
             if self.stream is not None and idle_s > STREAM_IDLE_S:
-                sock.settimeout(STREAM_IDLE_S)
-                try:
-                    return sock.recv(HEAD_READ_SIZE)
-                except TimeoutError:
-                    self._release_stream()
-                idle_s -= STREAM_IDLE_S
-            sock.settimeout(idle_s)
-            return sock.recv(HEAD_READ_SIZE)  # b"": the client closed
+                if self._stream_idle_timer is None:
+                    self._stream_idle_timer = gevent.Timeout(STREAM_IDLE_S)
+                data = self._recv_within(self._stream_idle_timer)
+                if data is not None:
+                    return data
+                self._release_stream()
+                with gevent.Timeout(idle_s - STREAM_IDLE_S) as rest:  # rare: a timer of its own
+                    return self._recv_within(rest)
+            if self._keepalive_timer is None:
+                self._keepalive_timer = gevent.Timeout(idle_s)
+            return self._recv_within(self._keepalive_timer)  # b"": the client closed
         except OSError:
-            return None  # reset, or idle too long
+            return None  # reset
+
+    def _recv_within(self, timer: gevent.Timeout) -> bytes | None:
+        """One read, or None when ``timer`` runs out first. The connection keeps its timers
+        from request to request: a socket timeout would make a new one for every wait."""
+        if not timer.pending:
+            timer.start()
+        try:
+            return self.sock.recv(HEAD_READ_SIZE)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            return None
         finally:
-            sock.settimeout(None)
+            timer.cancel()
 
     def _new_cycle(self, method: bytes, target: bytes, accept: bytes | None, *, head_only: bool) -> Cycle:
         self.cycle = Cycle(time.monotonic(), method, target, accept, head_only)
@@ -231,11 +250,12 @@ class HttpConnection(ResponseRelay):
             port=self.binding.port,
             host_header=self.binding.host_header,
             default_host=self.default_host,
+            cache=self._forwarding_cache,
         )
         cycle.client_keep_alive = request.keep_alive
-        scanner = BodyScanner(request.body, request.length)
+        scanner = None if request.body is BodyKind.NONE else BodyScanner(request.body, request.length)
         first: bytes | bytearray = b""
-        if not scanner.done and self.buffer:
+        if scanner is not None and self.buffer:
             try:
                 taken = scanner.scan(self.buffer)
             except FramingError as exc:
@@ -246,7 +266,7 @@ class HttpConnection(ResponseRelay):
         if stream is None:
             return False
         head = messages.request_head(method, request.target, request.version, forwarded)
-        if scanner.done:
+        if scanner is None or scanner.done:
             # The whole request is here (most requests: no body): send it all and read the
             # response in this greenlet.
             try:
@@ -442,6 +462,9 @@ class HttpConnection(ResponseRelay):
         self._record(cycle)
 
     def _close(self) -> None:
+        for timer in (self._stream_idle_timer, self._keepalive_timer):
+            if timer is not None:
+                timer.close()
         cycle = self.cycle
         if cycle is not None and cycle.responder is not None and not cycle.responder.dead:
             cycle.responder.kill(block=False)

@@ -95,14 +95,19 @@ class ResponseHead:
     length: int
 
 
+#: The fields that decide framing and keep-alive, gathered by the collector as they come.
+_FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+
+
 class _Collector:
     """llhttp's callbacks for one head."""
 
-    __slots__ = ("complete", "headers", "target")
+    __slots__ = ("complete", "framing", "headers", "target")
 
     def __init__(self) -> None:
         self.target = b""
         self.headers: RawHeaders = []
+        self.framing: RawHeaders = []  # (lower-cased name, value) of _FRAMING_FIELDS
         self.complete = False
 
     def on_url(self, url: bytes) -> None:
@@ -110,6 +115,9 @@ class _Collector:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        lowered = name.lower()
+        if lowered in _FRAMING_FIELDS:
+            self.framing.append((lowered, value))
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -135,18 +143,18 @@ def _reason(exc: Exception) -> str:
     return text[:120]
 
 
-def _tokens(headers: RawHeaders, name: bytes) -> list[bytes]:
+def _tokens(framing: RawHeaders, name: bytes) -> list[bytes]:
     """The comma-separated tokens of every ``name`` field, lower-cased."""
     out: list[bytes] = []
-    for key, value in headers:
-        if key.lower() == name:
+    for key, value in framing:
+        if key == name:
             out += [token.strip().lower() for token in value.split(b",") if token.strip()]
     return out
 
 
-def _content_length(headers: RawHeaders) -> int | None:
-    for key, value in headers:
-        if key.lower() == b"content-length":
+def _content_length(framing: RawHeaders) -> int | None:
+    for key, value in framing:
+        if key == b"content-length":
             value = value.strip()
             if not value.isdigit() or len(value) > 18:
                 raise HeadError("invalid Content-Length")
@@ -154,8 +162,8 @@ def _content_length(headers: RawHeaders) -> int | None:
     return None
 
 
-def _keep_alive(version: bytes, headers: RawHeaders) -> bool:
-    connection = _tokens(headers, b"connection")
+def _keep_alive(version: bytes, framing: RawHeaders) -> bool:
+    connection = _tokens(framing, b"connection")
     if version == b"1.1":
         return b"close" not in connection
     return b"keep-alive" in connection
@@ -188,22 +196,22 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
     version = bytes(head[line_end - 3 : line_end])
     if head[line_end - 9 : line_end - 3] != b" HTTP/" or version not in (b"1.1", b"1.0"):
         raise HeadError(f"HTTP/{parser.get_http_version()} is not supported", 505)
-    headers = collector.headers
+    framing = collector.framing
     method = bytes(head[: head.index(b" ")])
-    coding = _tokens(headers, b"transfer-encoding")
+    coding = _tokens(framing, b"transfer-encoding")
     if coding:
         if coding != [b"chunked"]:
             raise HeadError("a transfer coding other than chunked", 501)
         body, length = BodyKind.CHUNKED, 0
     else:
-        size = _content_length(headers)
+        size = _content_length(framing)
         body, length = (BodyKind.NONE, 0) if not size else (BodyKind.LENGTH, size)
     return RequestHead(
         method=method,
         target=collector.target,
         version=version,
-        headers=headers,
-        keep_alive=_keep_alive(version, headers),
+        headers=collector.headers,
+        keep_alive=_keep_alive(version, framing),
         upgrade=parser.should_upgrade(),
         body=body,
         length=length,
@@ -222,16 +230,16 @@ def parse_response_head(head: bytes | bytearray, request_method: bytes) -> Respo
     if not head.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")):
         raise HeadError("not an HTTP/1.1 response")
     status = parser.get_status_code()
-    headers = collector.headers
+    framing = collector.framing
     switched = status == 101 or (request_method == b"CONNECT" and 200 <= status < 300)
     if switched or status < 200 or status in (204, 304) or request_method == b"HEAD":
         body, length = BodyKind.NONE, 0
     else:
-        coding = _tokens(headers, b"transfer-encoding")
+        coding = _tokens(framing, b"transfer-encoding")
         if coding:
             body, length = (BodyKind.CHUNKED, 0) if coding[-1] == b"chunked" else (BodyKind.CLOSE, 0)
         else:
-            size = _content_length(headers)
+            size = _content_length(framing)
             body, length = (BodyKind.CLOSE, 0) if size is None else (BodyKind.LENGTH, size)
-    keep_alive = body is not BodyKind.CLOSE and _keep_alive(bytes(head[5:8]), headers)
+    keep_alive = body is not BodyKind.CLOSE and _keep_alive(bytes(head[5:8]), framing)
     return ResponseHead(status=status, keep_alive=keep_alive, switched=switched, body=body, length=length)

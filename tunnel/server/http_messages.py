@@ -141,9 +141,12 @@ def _tokens(values: Iterable[bytes]) -> list[bytes]:
     return [token.strip() for value in values for token in value.split(b",") if token.strip()]
 
 
+_RFC7239_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 def _quoted(value: str) -> str:
     """An RFC 7239 value: a token as it is, anything else as a quoted-string."""
-    if re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+    if _RFC7239_TOKEN.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -155,6 +158,7 @@ def forwarding_headers(
     port: int,
     host_header: str | None,
     default_host: str,
+    cache: dict[bytes | None, tuple[bytes, bytes]] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The request's headers as the kit forwards them.
 
@@ -174,6 +178,8 @@ def forwarding_headers(
         port: the container port the request came in on.
         host_header: the binding's Host value, or None.
         default_host: the Host to add when the request has none and no ``host_header`` is set.
+        cache: a dict kept by the caller for one peer (one connection): the values derived from
+            the Host and the peer are computed once per Host value.
 
     Returns:
         A new list; the input is not changed.
@@ -205,22 +211,27 @@ def forwarding_headers(
     if upgrade_values and any(t.lower() == b"h2c" for t in _tokens(upgrade_values)):
         out = _without_h2c(out, upgrade_values)
 
-    original_host = (host or default_host.encode("ascii")).decode("latin-1")
+    derived = cache.get(host) if cache is not None else None
+    if derived is None:
+        original_host = (host or default_host.encode("ascii")).decode("latin-1")
+        node = f"[{peer_ip}]" if ":" in peer_ip else peer_ip
+        element = f"for={_quoted(node)};host={_quoted(original_host)};proto=http".encode("latin-1")
+        derived = (original_host.encode("latin-1"), element)
+        if cache is not None and len(cache) < 16:
+            cache[host] = derived
+    forwarded_host, element = derived
     if host_header is not None:
         out.append((b"Host", host_header.encode("ascii")))
     elif host is None:
         out.append((b"Host", default_host.encode("ascii")))
     peer = peer_ip.encode("ascii")
     out.append((b"X-Forwarded-For", b", ".join([*xff, peer]) if xff else peer))
-    for header, text in (
-        (b"X-Forwarded-Proto", "http"),
-        (b"X-Forwarded-Host", original_host),
-        (b"X-Forwarded-Port", str(port)),
-    ):
-        if header.lower() not in seen:
-            out.append((header, text.encode("latin-1")))
-    node = f"[{peer_ip}]" if ":" in peer_ip else peer_ip
-    element = f"for={_quoted(node)};host={_quoted(original_host)};proto=http".encode("latin-1")
+    if b"x-forwarded-proto" not in seen:
+        out.append((b"X-Forwarded-Proto", b"http"))
+    if b"x-forwarded-host" not in seen:
+        out.append((b"X-Forwarded-Host", forwarded_host))
+    if b"x-forwarded-port" not in seen:
+        out.append((b"X-Forwarded-Port", b"%d" % port))
     out.append((b"Forwarded", b", ".join([*forwarded, element]) if forwarded else element))
     return out
 
@@ -331,10 +342,13 @@ def render_error(error: KitError, *, accept: bytes | None, head_only: bool = Fal
     return head if head_only else head + body
 
 
+_METHOD_LABELS = {method.encode("ascii"): method for method in HTTP_METHODS}
+
+
 def method_label(method: bytes) -> str:
-    """The ``method`` metrics label: a standard method, else ``OTHER``."""
-    text = method.decode("ascii", "replace").upper()
-    return text if text in HTTP_METHODS else "OTHER"
+    """The ``method`` metrics label: a standard method, else ``OTHER`` (methods are
+    case-sensitive, RFC 9110 §9.1: ``get`` is not GET)."""
+    return _METHOD_LABELS.get(method, "OTHER")
 
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
@@ -344,8 +358,9 @@ MAX_LOGGED_PATH = 200
 def access_path(target: bytes) -> str:
     """The request target as the access log shows it: no query string, non-printable
     characters %-escaped, at most 200 characters."""
-    path = target.split(b"?", 1)[0].split(b"#", 1)[0].decode("latin-1")
-    path = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), path)
+    path = target.partition(b"?")[0].partition(b"#")[0].decode("latin-1")
+    if _UNSAFE.search(path) is not None:
+        path = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), path)
     return path if len(path) <= MAX_LOGGED_PATH else path[: MAX_LOGGED_PATH - 3] + "..."
 
 

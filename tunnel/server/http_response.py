@@ -22,7 +22,7 @@ from gevent.event import Event
 from tunnel.mux.dialing import send_all
 from tunnel.protocol import ErrorCode
 from tunnel.server import http_messages as messages
-from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyScanner, FramingError, head_end
+from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, head_end
 from tunnel.server.http_heads import HeadError, parse_response_head
 from tunnel.server.http_messages import KitError
 from tunnel.server.http_stream import HttpStream, StreamGone
@@ -125,7 +125,7 @@ class ResponseRelay:
         searched = 0
         unacked = 0
         while True:
-            end = head_end(buf, searched)
+            end = head_end(buf, searched) if buf else -1
             if end < 0:
                 if len(buf) > MAX_HEAD_SIZE:
                     raise BadUpstream("its head is larger than 64 KiB", eof=False)
@@ -162,12 +162,17 @@ class ResponseRelay:
             break
         cycle.status = head.status
         cycle.final_started = True
-        scanner = BodyScanner(head.body, head.length)
-        rest = memoryview(buf)[end:]
-        taken = self._scan(scanner, rest, cycle)
-        leftover = len(rest) - taken
+        rest_size = len(buf) - end
+        if head.body is BodyKind.LENGTH and rest_size >= head.length:
+            # The whole response is here (most small responses): no scanner needed.
+            scanner = None
+            taken = head.length
+        else:
+            scanner = BodyScanner(head.body, head.length)
+            taken = self._scan(scanner, memoryview(buf)[end:], cycle)
+        leftover = rest_size - taken
         self._send(buf if not leftover else buf[: end + taken], cycle)
-        while not scanner.done:
+        while scanner is not None and not scanner.done:
             stream.consumed(unacked)
             data = stream.next_inbound()
             if data is None:
