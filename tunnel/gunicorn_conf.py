@@ -88,9 +88,10 @@ logconfig_dict = {
             "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
         },
         "access": {"format": "%(message)s"},
-        # The same lines as "generic", with the time rendered once per second (a line per request).
-        "generic_cached_time": {
-            "()": "tunnel.log_handlers.CachedTimeFormatter",
+        # The access log's lines come batched, several per record (tunnel/log_handlers.py): each
+        # is formatted as a line of its own, exactly as "generic" would.
+        "access_lines": {
+            "()": "tunnel.log_handlers.LineFormatter",
             "fmt": _LOG_FORMAT,
             "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
         },
@@ -111,10 +112,10 @@ logconfig_dict = {
             "formatter": "access",
             "stream": "ext://sys.stderr",
         },
-        # HTTP mode's access log (a line per request): written once per event-loop turn.
+        # HTTP mode's access log (a line per request).
         "http_access": {
-            "class": "tunnel.log_handlers.LoopBatchedStreamHandler",
-            "formatter": "generic_cached_time",
+            "class": "logging.StreamHandler",
+            "formatter": "access_lines",
             "stream": "ext://sys.stderr",
         },
     },

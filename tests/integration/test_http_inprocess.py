@@ -487,7 +487,14 @@ def test_metrics_and_one_access_log_line_per_request(harness: Harness, caplog: p
     with caplog.at_level(logging.INFO, logger="tunnel.http.access"):
         assert client.request("GET", "/headers?token=SECRET", headers=[("Authorization", "Bearer SECRET")]).status == 200
         assert client.request("POST", "/upload", body=b"abc").status == 200
-    lines = [r.getMessage() for r in caplog.records if r.name == "tunnel.http.access"]
+
+    def access_lines() -> list[str]:
+        # Lines are logged batched, one record per turn of the event loop (LineBatch).
+        return [line for r in caplog.records if r.name == "tunnel.http.access" for line in r.getMessage().split("\n")]
+
+    with caplog.at_level(logging.INFO, logger="tunnel.http.access"):
+        _wait_for(lambda: len(access_lines()) == 2, 10, "two access-log lines")
+    lines = access_lines()
     assert len(lines) == 2, lines
     assert lines[0].startswith("http request: bind=") and "method=GET path=/headers status=200" in lines[0]
     assert "duration_ms=" in lines[0] and "bytes_out=" in lines[0]

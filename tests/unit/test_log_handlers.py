@@ -1,4 +1,5 @@
-"""LoopBatchedStreamHandler: the lines of one event-loop turn are written together, in order."""
+"""LineBatch and LineFormatter: lines of one event-loop turn go out as one record, and come out
+as one log line each, exactly as separate records would."""
 
 from __future__ import annotations
 
@@ -7,88 +8,85 @@ import logging
 
 import gevent
 
-from tunnel.log_handlers import LoopBatchedStreamHandler
+from tunnel.log_handlers import LineBatch, LineFormatter
+
+FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+DATEFMT = "[%Y-%m-%d %H:%M:%S %z]"
 
 
-class CountingStream(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
-
-    def write(self, text: str) -> int:
-        self.writes += 1
-        return super().write(text)
-
-
-def _logger(handler: logging.Handler) -> logging.Logger:
-    logger = logging.getLogger(f"test.batched.{id(handler)}")
+def _logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"test.lines.{name}")
+    logger.handlers[:] = [handler]
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
     return logger
 
 
-def test_lines_of_one_loop_turn_go_out_in_one_write_at_its_end() -> None:
-    stream = CountingStream()
-    handler = LoopBatchedStreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger = _logger(handler)
+class Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_lines_of_one_loop_turn_are_one_record_at_its_end() -> None:
+    keep = Keep()
+    batch = LineBatch(_logger("turn", keep))
     for number in range(3):
-        logger.info("line %d", number)
-    assert stream.getvalue() == ""  # kept until the loop turns
+        batch.add(f"line {number} 100%")
+    assert keep.records == []  # kept until the loop turns
     gevent.idle()
-    assert stream.getvalue() == "INFO line 0\nINFO line 1\nINFO line 2\n"
-    assert stream.writes == 1
-    logger.info("next turn")
+    assert [record.getMessage() for record in keep.records] == ["line 0 100%\nline 1 100%\nline 2 100%"]
+    batch.add("next turn")
     gevent.idle()
-    assert stream.getvalue().endswith("INFO line 2\nINFO next turn\n") and stream.writes == 2
+    assert keep.records[-1].getMessage() == "next turn" and len(keep.records) == 2
 
 
-def test_max_lines_writes_at_once_and_close_writes_the_rest() -> None:
-    stream = CountingStream()
-    handler = LoopBatchedStreamHandler(stream, max_lines=2)
-    logger = _logger(handler)
-    logger.info("a")
-    logger.info("b")
-    assert stream.getvalue() == "a\nb\n"  # the second line reached max_lines
-    logger.info("c")
-    handler.close()
-    assert stream.getvalue() == "a\nb\nc\n"
-    logger.debug("filtered out by the level")
-    logger.removeHandler(handler)
-
-
-def test_record_factory_records_format_like_the_logger_s_own() -> None:
-    from tunnel.log_handlers import RecordFactory
-
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    logger = _logger(Keep())
-    factory = RecordFactory(logger, logging.INFO, pathname=__file__, func="here")
-    factory.log("a=%d b=%s", 1, "x")
-    logger.info("a=%d b=%s", 1, "x")
-    made, real = records
-    formatter = logging.Formatter("%(name)s %(levelname)s %(process)d %(module)s %(funcName)s %(message)s")
-    assert formatter.format(made).replace("here", "test_record_factory_records_format_like_the_logger_s_own") == formatter.format(real)
-    assert made.getMessage() == "a=1 b=x" and made.args == (1, "x")
-    assert 0 <= real.created - made.created < 1 and abs(made.relativeCreated - real.relativeCreated) < 1000
-    assert 0 <= made.msecs < 1000
+def test_max_lines_go_out_at_once_and_a_disabled_level_is_seen() -> None:
+    keep = Keep()
+    logger = _logger("max", keep)
+    batch = LineBatch(logger, max_lines=2)
+    batch.add("a")
+    batch.add("b")
+    assert [record.getMessage() for record in keep.records] == ["a\nb"]
+    assert batch.enabled()
     logger.setLevel(logging.WARNING)
-    factory.log("not at this level")
-    assert len(records) == 2
+    assert not batch.enabled()
 
 
-def test_cached_time_formatter_renders_like_the_plain_one_across_seconds() -> None:
-    from tunnel.log_handlers import CachedTimeFormatter
+def test_line_formatter_writes_each_line_as_the_plain_formatter_writes_a_record() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LineFormatter(FORMAT, DATEFMT))
+    batch = LineBatch(_logger("format", handler))
+    batch.add("http request: one")
+    batch.add("http request: two")
+    batch.flush()
+    plain = logging.Formatter(FORMAT, DATEFMT)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    for line, message in zip(lines, ("http request: one", "http request: two")):
+        # The same prefix (time, pid, level, logger) as a record of its own would get.
+        record = logging.makeLogRecord({"name": "test.lines.format", "msg": message, "levelname": "INFO"})
+        expected = plain.format(record)
+        assert line.endswith(message) and line[: -len(message)].split("]", 1)[1] == expected[: -len(message)].split("]", 1)[1]
 
-    fmt, datefmt = "%(asctime)s %(message)s", "[%Y-%m-%d %H:%M:%S %z]"
-    cached, plain = CachedTimeFormatter(fmt, datefmt), logging.Formatter(fmt, datefmt)
+
+def test_line_formatter_time_is_cached_per_second_and_exceptions_are_left_alone() -> None:
+    cached, plain = LineFormatter("%(asctime)s %(message)s", DATEFMT), logging.Formatter("%(asctime)s %(message)s", DATEFMT)
     for created in (1_000_000.1, 1_000_000.9, 1_000_001.0, 1_000_000.5, 1_000_002.2):
-        record = logging.makeLogRecord({"msg": "line", "created": created})
-        assert cached.format(record) == plain.format(record)
-    record = logging.makeLogRecord({"msg": "line", "created": 5.25, "msecs": 250.0})
-    assert CachedTimeFormatter("%(asctime)s").format(record) == logging.Formatter("%(asctime)s").format(record)
+        record = logging.makeLogRecord({"msg": "a\nb", "created": created})
+        stamp = plain.formatTime(record, DATEFMT)
+        assert cached.format(record) == f"{stamp} a\n{stamp} b"
+    record = logging.makeLogRecord({"msg": "x", "created": 5.25, "msecs": 250.0})
+    assert LineFormatter("%(asctime)s").format(record) == logging.Formatter("%(asctime)s").format(record)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failing = logging.makeLogRecord({"msg": "two\nlines", "levelname": "INFO", "exc_info": sys.exc_info()})
+    text = LineFormatter("%(levelname)s %(message)s").format(failing)
+    assert text.startswith("INFO two\nlines\nTraceback") and text.endswith("ValueError: boom")

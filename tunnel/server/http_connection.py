@@ -17,7 +17,7 @@ from gevent.event import Event
 
 from tunnel.protocol import SessionState as ProtocolState
 from tunnel.server import http_messages as messages
-from tunnel.log_handlers import RecordFactory
+from tunnel.log_handlers import LineBatch
 from tunnel.mux.dialing import send_all
 from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, head_end
 from tunnel.server.http_heads import HeadError, RequestHead, parse_request_head
@@ -55,12 +55,16 @@ DRAIN_MAX_BYTES = 1 << 20
 
 
 class Recorder:
-    """Metrics (:class:`tunnel.metrics.HttpStats`) and the access log of one http binding."""
+    """Metrics (:class:`tunnel.metrics.HttpStats`) and the access log of one http binding.
+
+    The access log's lines are batched per turn of the event loop (:class:`LineBatch`): one
+    record carries the lines of one turn, and the kit's LineFormatter writes each as a log line.
+    """
 
     def __init__(self, metrics: Metrics, bind_id: int) -> None:
         self.stats = metrics.http
         self.bind_id = bind_id
-        self.access = RecordFactory(access_log, logging.INFO, pathname=__file__, func="record")
+        self.access = LineBatch(access_log)
 
     def record(self, cycle: Cycle) -> None:
         duration_s = time.monotonic() - cycle.started
@@ -74,18 +78,20 @@ class Recorder:
             cycle.bytes_out,
             None if error is None else error.cause,
         )
-        if access_log.isEnabledFor(logging.INFO):
-            self.access.log(
+        if self.access.enabled():
+            self.access.add(
                 "http request: bind=%d method=%s path=%s status=%s bytes_in=%d bytes_out=%d "
-                "duration_ms=%.1f%s",
-                self.bind_id,
-                cycle.method.decode("ascii", "replace")[:16],
-                messages.access_path(cycle.target),
-                status or "-",
-                cycle.bytes_in,
-                cycle.bytes_out,
-                duration_s * 1000,
-                "" if error is None else f" error={error.cause}",
+                "duration_ms=%.1f%s"
+                % (
+                    self.bind_id,
+                    cycle.method.decode("ascii", "replace")[:16],
+                    messages.access_path(cycle.target),
+                    status or "-",
+                    cycle.bytes_in,
+                    cycle.bytes_out,
+                    duration_s * 1000,
+                    "" if error is None else f" error={error.cause}",
+                )
             )
 
 

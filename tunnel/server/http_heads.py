@@ -104,6 +104,11 @@ class _Collector:
 
     __slots__ = ("complete", "framing", "headers", "target")
 
+    # httptools looks every callback up with getattr(protocol, name, None): a missing one costs
+    # a raised and caught AttributeError per parser, present-and-None costs nothing.
+    on_message_begin = on_status = on_body = on_message_complete = None
+    on_chunk_header = on_chunk_complete = None
+
     def __init__(self) -> None:
         self.target = b""
         self.headers: RawHeaders = []
@@ -198,6 +203,11 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
         raise HeadError(f"HTTP/{parser.get_http_version()} is not supported", 505)
     framing = collector.framing
     method = bytes(head[: head.index(b" ")])
+    if not framing:  # most requests: no body, no Connection header
+        return RequestHead(
+            method, collector.target, version, collector.headers, version == b"1.1",
+            parser.should_upgrade(), BodyKind.NONE, 0,
+        )
     coding = _tokens(framing, b"transfer-encoding")
     if coding:
         if coding != [b"chunked"]:

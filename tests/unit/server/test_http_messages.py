@@ -188,6 +188,7 @@ def test_method_label_and_access_path() -> None:
     assert m.method_label(b"GET") == "GET" and m.method_label(b"BREW") == "OTHER"
     assert m.access_path(b"/a/b?token=secret#f") == "/a/b"
     assert m.access_path(b"/a\x01b") == "/a%01b"
+    assert m.access_path(b"/a\nb c") == "/a%0Ab%20c"  # never a line break in the access log
     assert len(m.access_path(b"/" + b"x" * 500)) == m.MAX_LOGGED_PATH
 
 
