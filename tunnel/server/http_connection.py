@@ -224,11 +224,21 @@ class HttpConnection(ResponseRelay):
 
     def _recv_within(self, timer: gevent.Timeout) -> bytes | None:
         """One read, or None when ``timer`` runs out first. The connection keeps its timers
-        from request to request: a socket timeout would make a new one for every wait."""
+        from request to request: a socket timeout would make a new one for every wait. Under
+        load the next request is usually there already: a first non-blocking try needs no timer.
+        """
+        sock = self.sock
+        sock.setblocking(False)
+        try:
+            return sock.recv(HEAD_READ_SIZE)
+        except BlockingIOError:
+            pass
+        finally:
+            sock.setblocking(True)
         if not timer.pending:
             timer.start()
         try:
-            return self.sock.recv(HEAD_READ_SIZE)
+            return sock.recv(HEAD_READ_SIZE)
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise

@@ -252,4 +252,4 @@ def parse_response_head(head: bytes | bytearray, request_method: bytes) -> Respo
             size = _content_length(framing)
             body, length = (BodyKind.CLOSE, 0) if size is None else (BodyKind.LENGTH, size)
     keep_alive = body is not BodyKind.CLOSE and _keep_alive(bytes(head[5:8]), framing)
-    return ResponseHead(status=status, keep_alive=keep_alive, switched=switched, body=body, length=length)
+    return ResponseHead(status, keep_alive, switched, body, length)

@@ -55,7 +55,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"  # an error page went out, or the connection is beyond saving
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Cycle:
     """One request and its response."""
 
@@ -129,7 +129,8 @@ class ResponseRelay:
             if end < 0:
                 if len(buf) > MAX_HEAD_SIZE:
                     raise BadUpstream("its head is larger than 64 KiB", eof=False)
-                stream.consumed(unacked)  # a head part is held here, bounded: acknowledged
+                if unacked:
+                    stream.consumed(unacked)  # a head part is held here, bounded: acknowledged
                 chunk = stream.next_inbound()
                 if chunk is None:
                     cycle.saw_eof = True
