@@ -49,6 +49,16 @@ def _read_head(sock: gsocket.socket) -> tuple[bytes, bytes]:
     return head + b"\r\n\r\n", rest
 
 
+def _read_until(sock: gsocket.socket, suffix: bytes) -> bytes:
+    """Everything received until it ends with ``suffix`` (the peer must not close first)."""
+    data = b""
+    while not data.endswith(suffix):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
 def test_a_response_before_the_request_body_ends_is_relayed(harness: Harness, raw_target: Callable[[Handler], int]) -> None:
     received = Queue()
 
@@ -88,12 +98,7 @@ def test_connect_becomes_a_byte_relay_after_its_2xx(harness: Harness, raw_target
     port = harness.start_client(target_port=raw_target(tunnel))
     client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
     client.sendall(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\nfirst;")
-    data = b""
-    while not data.endswith(b"FIRST;"):
-        chunk = client.recv(65536)
-        assert chunk, data
-        data += chunk
-    assert data == b"HTTP/1.1 200 Connection established\r\n\r\nFIRST;"
+    assert _read_until(client, b"FIRST;") == b"HTTP/1.1 200 Connection established\r\n\r\nFIRST;"
     for word in (b"ping", b"pong" * 10000):
         client.sendall(word)
         echoed = b""
@@ -173,11 +178,7 @@ def test_a_response_to_head_has_no_body_even_with_content_length(harness: Harnes
     port = harness.start_client(target_port=raw_target(head_then_get))
     client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
     client.sendall(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")  # pipelined
-    data = b""
-    while not data.endswith(b"abc"):
-        chunk = client.recv(65536)
-        assert chunk, data
-        data += chunk
+    data = _read_until(client, b"abc")
     assert data == b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
     client.close()
 

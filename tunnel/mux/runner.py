@@ -310,10 +310,6 @@ class SessionRunner:
         idle = self._writer_idle
         while True:
             wake.wait()
-            # Let every greenlet that is ready now run first: what they queue goes out in the
-            # same WebSocket message. Without it, request/response traffic (HTTP mode) sent about
-            # one message per request instead of one per turn of the loop.
-            gevent.sleep(0)
             wake.clear()
             if self._run_id != run_id:
                 return

@@ -401,8 +401,10 @@ class SessionCore:
             closed = self._closed.get(frame.stream_id)
             if closed is not None:  # credit for bytes of a stream we closed: they arrived
                 closed.ledger.credited(frame.increment)
-                return
-            self._unknown_stream(frame.stream_id, FrameType.WINDOW)
+            # Else ignored, never answered with RST: a WINDOW the peer sent before our FIN (or
+            # RST) reached it crosses that frame in flight and arrives after the stream closed
+            # here, and an RST for it would reset the peer's side while it still delivers our
+            # last bytes (docs/protocol.md §15). Credit for a stream that is gone grants nothing.
             return
         try:
             stream.process(StreamInput.RECV_WINDOW)

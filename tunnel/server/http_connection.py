@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import Event
 
-from tunnel.protocol import SessionState as ProtocolState
-from tunnel.server import http_messages as messages
 from tunnel.log_handlers import LineBatch
 from tunnel.mux.dialing import send_all
+from tunnel.protocol import SessionState as ProtocolState
+from tunnel.server import http_messages as messages
 from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, head_end
 from tunnel.server.http_heads import HeadError, RequestHead, parse_request_head
 from tunnel.server.http_messages import KitError
@@ -123,7 +123,7 @@ class HttpConnection(ResponseRelay):
         self.metrics = kit_session.kit.metrics
         self.recorder = recorder or Recorder(self.metrics, binding.bind_id)
         self.hold_s = kit_session.settings.http_hold_s
-        self.buffer: bytes | bytearray = b""  # received from the client, not forwarding yet
+        self.buffer: bytes | bytearray = b""  # received from the client, not forwarded yet
         self._forwarding_cache: dict[bytes | None, tuple[bytes, bytes]] = {}  # see forwarding_headers
         self.stream: HttpStream | None = None
         self.cycle: Cycle | None = None
@@ -197,7 +197,7 @@ class HttpConnection(ResponseRelay):
         try:
             return parse_request_head(head)
         except HeadError as exc:
-            method, _, rest = bytes(head[:64]).partition(b" ")
+            method = bytes(head[:64]).partition(b" ")[0]
             cycle = self._new_cycle(method if method.isalpha() else b"-", b"-", None, head_only=False)
             self._reply(cycle, messages.bad_request(exc.detail, exc.status))
             return None

@@ -129,15 +129,15 @@ def test_send_data_errors() -> None:
         pair.client.send_data(peer_stream, b"before accepting")
 
 
-def test_unknown_stream_frames_get_rst_stream_closed() -> None:
+def test_unknown_stream_frames_get_rst_stream_closed_but_a_window_is_ignored() -> None:
     pair = SessionPair()
     events = pair.inject(
         pair.server, DataFrame(9, b"x"), WindowFrame(9, 5), OpenOkFrame(11), RstFrame(13, 0)
     )
     assert events == []
+    # A WINDOW can cross our FIN or RST in flight: it is dropped without an answer (§15).
     assert frames_of(pair.server.messages_to_send()) == [
         RstFrame(9, ErrorCode.STREAM_CLOSED, "DATA for stream 9, which is not open"),
-        RstFrame(9, ErrorCode.STREAM_CLOSED, "WINDOW for stream 9, which is not open"),
         RstFrame(11, ErrorCode.STREAM_CLOSED, "OPEN_OK for stream 11, which is not open"),
     ]
     assert pair.server.state is SessionState.OPEN
@@ -429,3 +429,23 @@ def test_a_fresh_session_has_nothing() -> None:
     assert not session.has_data_to_send() and session.next_deadline() is None
     assert session.outbound_credit(1) == 0 and session.stream_bind_id(1) is None
     assert not session.is_open(1) and session.stream_state(1) is StreamState.CLOSED
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_window_crossing_the_last_fin_does_not_reset_the_peer(version: int) -> None:
+    """The kit's WINDOW for the client's stream leaves before the client's FIN arrives; the client
+    has closed the stream (both FINs) when it comes. Nothing is answered, nothing is reset: the
+    stream's last bytes still reach the kit's local socket."""
+    pair = SessionPair(version=version)
+    stream_id = pair.open_stream()
+    pair.server.send_data(stream_id, b"", end_stream=True)  # the kit is done sending
+    pair.to_client()  # the client has the kit's FIN
+    pair.client.send_data(stream_id, b"x" * 1000, end_stream=True)  # last bytes, then FIN
+    assert any(isinstance(event, StreamEnded) for event in pair.to_server())
+    assert pair.client.statistics().active_streams == 0  # closed on the client's side
+    # Before the FIN was processed the kit had written and acknowledged bytes: a WINDOW of its own
+    # that now travels to a client whose stream is closed.
+    window = WindowFrame(stream_id, 1000)
+    pair.inject(pair.client, window)
+    assert frames_of(pair.client.messages_to_send()) == []
+    assert not any(isinstance(event, StreamReset) for event in pair.client.events_received())
