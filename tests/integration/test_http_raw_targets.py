@@ -217,3 +217,58 @@ def test_invalid_or_cut_responses(
         assert (got, headers["x-hoody-tunnel-error"]) == (status, cause)
     client.close()
     _wait_for(lambda: harness.metric("hoody_tunnel_http_error_responses_total", cause=cause) == 1, 10, "the metric")
+
+
+def test_a_client_that_leaves_while_waiting_gets_its_stream_reset(
+    harness: Harness, raw_target: Callable[[Handler], int]
+) -> None:
+    target_saw_the_end = Event()
+
+    def long_poll(sock: gsocket.socket) -> None:
+        _read_head(sock)  # ... and never answer
+        try:
+            read_until_close(sock)
+        except OSError:
+            pass  # a reset is an end too
+        target_saw_the_end.set()
+
+    port = harness.start_client(target_port=raw_target(long_poll))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client.sendall(b"GET /poll HTTP/1.1\r\nHost: a\r\n\r\n")
+    _wait_for(lambda: _streams(harness) == 1, 10, "the request to be forwarded")
+    client.close()
+    # Checked about once a second while the answer is awaited: the stream is reset, which closes
+    # the local connection on the connected machine.
+    _wait_for(lambda: _streams(harness) == 0, 10, "the stream to be reset")
+    assert target_saw_the_end.wait(scaled_timeout_s(10))
+    _wait_for(lambda: harness.metric("hoody_tunnel_http_requests_total", method="GET", status_class="none") == 1, 10, "the record")
+
+
+def test_a_pipelined_request_is_not_taken_for_a_client_that_left(
+    harness: Harness, raw_target: Callable[[Handler], int]
+) -> None:
+    answer = Event()
+
+    def slow(sock: gsocket.socket) -> None:
+        _read_head(sock)
+        answer.wait(scaled_timeout_s(20))
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        _read_head(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+        read_until_close(sock)
+
+    port = harness.start_client(target_port=raw_target(slow))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(20))
+    client.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    _wait_for(lambda: _streams(harness) == 1, 10, "the first request to be forwarded")
+    # Let the kit look at the client a few times (CLIENT_CHECK_S) while the second request
+    # waits unread: the stream must live through all of them.
+    session = harness.session()
+    deadline = gevent.get_hub().loop.now() + 2.5
+    while gevent.get_hub().loop.now() < deadline:
+        assert _streams(harness) == 1, "the stream was reset while the client was still there"
+        gevent.sleep(0.1)
+    answer.set()
+    assert _read_until(client, b"next").endswith(b"slow" + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+    assert session.runner is not None
+    client.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import select
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +35,9 @@ log = logging.getLogger("tunnel.http")
 
 RETRY_AFTER_BUSY_S = 1
 RETRY_AFTER_RECONNECTING_S = 5
+#: While a response head is awaited, how often the kit checks that the HTTP client is still there
+#: (a client that closed its connection gets its stream reset, as nginx does with a 499).
+CLIENT_CHECK_S = 1.0
 
 
 class ClientGone(Exception):
@@ -131,6 +135,10 @@ class ResponseRelay:
                     raise BadUpstream("its head is larger than 64 KiB", eof=False)
                 if unacked:
                     stream.consumed(unacked)  # a head part is held here, bounded: acknowledged
+                while not stream.wait_inbound(CLIENT_CHECK_S):
+                    # A slow answer (a long poll): is anybody still waiting for it?
+                    if cycle.request_done and client_left(self.sock):
+                        raise ClientGone()
                 chunk = stream.next_inbound()
                 if chunk is None:
                     cycle.saw_eof = True
@@ -260,6 +268,20 @@ def stream_error(stream: HttpStream) -> KitError:
     except ValueError:
         name = "unknown"
     return messages.connect_error(name, stream.reset_reason)
+
+
+def client_left(sock: socket.socket) -> bool:
+    """True when the HTTP client closed its side (or reset it); never blocks, consumes nothing.
+
+    Bytes waiting (a pipelined request) say nothing either way: False.
+    """
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True  # reset, or already closed
 
 
 def shutdown_write(sock: socket.socket) -> None:

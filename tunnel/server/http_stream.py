@@ -169,6 +169,16 @@ class HttpStream(StreamPump):
             if not inbound and not self._peer_fin and not self._finished:
                 self._inbound_ready.wait()
 
+    def wait_inbound(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for :meth:`next_inbound` to have something to say (DATA, the
+        FIN, or the stream's end). False: nothing came meanwhile."""
+        if self._inbound or self._peer_fin or self._finished:
+            return True
+        self._inbound_ready.clear()
+        if self._inbound or self._peer_fin or self._finished:
+            return True
+        return bool(self._inbound_ready.wait(timeout_s))
+
     def consumed(self, size: int) -> None:
         """``size`` bytes from :meth:`next_inbound` are written out: give the credit back."""
         if size and not self._finished:
