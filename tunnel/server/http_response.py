@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import select
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -275,13 +274,20 @@ def client_left(sock: socket.socket) -> bool:
 
     Bytes waiting (a pipelined request) say nothing either way: False.
     """
+    # A non-blocking peek (gevent's socket raises instead of waiting when its timeout is 0);
+    # select() would fail on descriptors above FD_SETSIZE, which a large kit reaches.
+    sock.setblocking(False)
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return False
         return sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):
+    except BlockingIOError:
+        return False  # nothing to read: still there
+    except OSError:
         return True  # reset, or already closed
+    finally:
+        try:
+            sock.setblocking(True)
+        except OSError:
+            pass  # closed meanwhile: nothing to restore
 
 
 def shutdown_write(sock: socket.socket) -> None:

@@ -207,3 +207,4 @@ def test_forwarded_headers_never_break_h11_for_parsed_input(raw: bytes) -> None:
     again = h11.Connection(h11.SERVER)
     again.receive_data(m.request_head(request.method, request.target, b"1.1", headers))
     assert isinstance(again.next_event(), h11.Request)
+
