@@ -88,10 +88,10 @@ logconfig_dict = {
             "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
         },
         "access": {"format": "%(message)s"},
-        # The access log's lines come batched, several per record (tunnel/log_handlers.py): each
+        # The access log's lines come batched, several per record (tunnel/log_lines.py): each
         # is formatted as a line of its own, exactly as "generic" would.
         "access_lines": {
-            "()": "tunnel.log_handlers.LineFormatter",
+            "()": "tunnel.log_lines.LineFormatter",
             "fmt": _LOG_FORMAT,
             "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
         },

@@ -272,3 +272,12 @@ def test_a_pipelined_request_is_not_taken_for_a_client_that_left(
     assert _read_until(client, b"next").endswith(b"slow" + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
     assert session.runner is not None
     client.close()
+
+
+def test_empty_lines_before_a_request_are_skipped_however_many(harness: Harness) -> None:
+    port = harness.start_client()
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client.sendall(b"\r\n" * 20_000 + b"GET /headers HTTP/1.1\r\nHost: a\r\n\r\n")
+    status, _, body = read_raw_response(client)
+    assert status == 200 and b'"path": "/headers"' in body
+    client.close()

@@ -1,4 +1,5 @@
-"""Outgoing TCP connections for streams, shared by the kit (PULL) and the client (EXPOSE).
+"""Sockets of streams, shared by the kit and the client: outgoing TCP connections (PULL on the
+kit, EXPOSE on the client) and ``send_all``, the whole-buffer write of stream and WebSocket sockets.
 
 ``gevent.socket.create_connection`` resolves every host through gevent's resolver, by default a
 thread pool: even ``127.0.0.1`` costs a thread hand-off per connection, which showed up as the

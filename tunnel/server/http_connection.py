@@ -15,11 +15,19 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import Event
 
-from tunnel.log_handlers import LineBatch
+from tunnel.log_lines import LineBatch
 from tunnel.mux.dialing import send_all
 from tunnel.protocol import SessionState as ProtocolState
 from tunnel.server import http_messages as messages
-from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, head_end
+from tunnel.server.http_framing import (
+    MAX_HEAD_SIZE,
+    BodyKind,
+    BodyScanner,
+    FramingError,
+    append_bytes,
+    head_end,
+    skip_empty_lines,
+)
 from tunnel.server.http_heads import HeadError, RequestHead, parse_request_head
 from tunnel.server.http_messages import KitError
 from tunnel.server.http_response import (
@@ -170,8 +178,8 @@ class HttpConnection(ResponseRelay):
         buf = self.buffer
         searched = 0
         while True:
-            while buf[:2] == b"\r\n":
-                buf = buf[2:]  # empty lines before a request are ignored (RFC 9112 §2.2)
+            if buf[:2] == b"\r\n":
+                buf = buf[skip_empty_lines(buf) :]  # ignored before a request (RFC 9112 §2.2)
                 searched = 0
             end = head_end(buf, searched) if buf else -1
             if end >= 0:
@@ -184,12 +192,7 @@ class HttpConnection(ResponseRelay):
             if not data:
                 return None  # closed (mid-head or not: nobody is left to answer), reset, idle
             searched = len(buf)
-            if not buf:
-                buf = data
-            else:
-                if isinstance(buf, bytes):
-                    buf = bytearray(buf)
-                buf += data
+            buf = append_bytes(buf, data)
         if end == len(buf):
             head, self.buffer = buf, b""
         else:

@@ -28,7 +28,10 @@ __all__ = [
     "MAX_CHUNK_LINE",
     "MAX_HEAD_SIZE",
     "MAX_TRAILER_SIZE",
+    "TOKEN",
+    "append_bytes",
     "head_end",
+    "skip_empty_lines",
 ]
 
 #: The largest message head, in bytes (used by the callers of :func:`head_end`).
@@ -52,10 +55,32 @@ _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})" + _CHUNK_EXT)
 # OWS, field-vchar (VCHAR / obs-text), SP and HTAB are one character class: no other CTL.
 _FIELD_LINE = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*")
 _LF = re.compile(rb"\n")
+#: A token (RFC 9110 §5.6.2): methods, field names, chunk-extension names, RFC 7239 values.
+TOKEN = re.compile(_TOKEN)
+_EMPTY_LINES = re.compile(rb"(?:\r\n)*")
 _HEAD_TERMINATOR = re.compile(rb"\r\n\r\n")
 _CRLF = b"\r\n"
 _LONG_SIZE_LINE = "a chunk-size line is too long"
 _LONG_TRAILERS = "the trailer section is too long"
+
+
+def append_bytes(buffer: bytes | bytearray, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+    """``buffer`` with ``data`` after it, for a head gathered over several reads: the first
+    read is kept as it is (most heads come whole), later ones go into one growing bytearray, so
+    a head trickling in byte by byte costs linear time."""
+    if not buffer:
+        return data if isinstance(data, bytes) else bytes(data)
+    if isinstance(buffer, bytes):
+        buffer = bytearray(buffer)
+    buffer += data
+    return buffer
+
+
+def skip_empty_lines(buffer: bytes | bytearray) -> int:
+    """How many leading bytes of ``buffer`` are empty lines (CRLF pairs), which a recipient
+    ignores before a request line (RFC 9112 §2.2). One C-level match, whatever their number."""
+    match = _EMPTY_LINES.match(buffer)
+    return 0 if match is None else match.end()
 
 
 class FramingError(Exception):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import httptools
 
-from tunnel.server.http_framing import BodyKind
+from tunnel.server.http_framing import TOKEN, BodyKind
 
 __all__ = [
     "HeadError",
@@ -33,7 +33,6 @@ __all__ = [
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
 class HeadError(Exception):
@@ -60,8 +59,6 @@ class RequestHead:
         version: ``b"1.1"`` or ``b"1.0"``.
         headers: ``(name, value)`` pairs as sent (casing kept), in order.
         keep_alive: the client may send another request on the connection after this one.
-        upgrade: ``Connection: upgrade`` with ``Upgrade``, or CONNECT: after a 101 (a 2xx for
-            CONNECT) the connection is a byte relay.
         body: how the request body is framed (NONE, LENGTH or CHUNKED).
         length: the body size for LENGTH.
     """
@@ -71,7 +68,6 @@ class RequestHead:
     version: bytes
     headers: RawHeaders
     keep_alive: bool
-    upgrade: bool
     body: BodyKind
     length: int
 
@@ -192,7 +188,7 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
             exc.detail.startswith("Invalid method")
             and len(parts) == 3
             and parts[0]
-            and all(c in _TCHARS for c in parts[0])
+            and TOKEN.fullmatch(parts[0]) is not None
             and parts[2] in (b"HTTP/1.1", b"HTTP/1.0")
         ):
             raise HeadError("the method is not supported", 501) from None
@@ -205,8 +201,7 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
     method = bytes(head[: head.index(b" ")])
     if not framing:  # most requests: no body, no Connection header
         return RequestHead(
-            method, collector.target, version, collector.headers, version == b"1.1",
-            parser.should_upgrade(), BodyKind.NONE, 0,
+            method, collector.target, version, collector.headers, version == b"1.1", BodyKind.NONE, 0
         )
     coding = _tokens(framing, b"transfer-encoding")
     if coding:
@@ -222,7 +217,6 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
         version=version,
         headers=collector.headers,
         keep_alive=_keep_alive(version, framing),
-        upgrade=parser.should_upgrade(),
         body=body,
         length=length,
     )

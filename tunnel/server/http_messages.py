@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from tunnel.metrics import HTTP_METHODS
+from tunnel.server.http_framing import TOKEN
 
 __all__ = [
     "ERROR_HEADER",
@@ -141,12 +142,9 @@ def _tokens(values: Iterable[bytes]) -> list[bytes]:
     return [token.strip() for value in values for token in value.split(b",") if token.strip()]
 
 
-_RFC7239_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
 def _quoted(value: str) -> str:
     """An RFC 7239 value: a token as it is, anything else as a quoted-string."""
-    if _RFC7239_TOKEN.fullmatch(value):
+    if TOKEN.fullmatch(value.encode("latin-1")):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

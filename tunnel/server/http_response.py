@@ -22,7 +22,7 @@ from gevent.event import Event
 from tunnel.mux.dialing import send_all
 from tunnel.protocol import ErrorCode
 from tunnel.server import http_messages as messages
-from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, head_end
+from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, append_bytes, head_end
 from tunnel.server.http_heads import HeadError, parse_response_head
 from tunnel.server.http_messages import KitError
 from tunnel.server.http_stream import HttpStream, StreamGone
@@ -144,12 +144,7 @@ class ResponseRelay:
                     raise BadUpstream("the target closed the connection", eof=True)
                 unacked = len(chunk)
                 searched = len(buf)
-                if not buf:
-                    buf = bytes(chunk)
-                else:
-                    if isinstance(buf, bytes):
-                        buf = bytearray(buf)
-                    buf += chunk
+                buf = append_bytes(buf, chunk)
                 continue
             try:
                 head = parse_response_head(buf[:end] if end < len(buf) else buf, cycle.method)

@@ -502,3 +502,24 @@ def test_when_both_accept_h11_ends_the_body_at_the_same_place(stream: bytes) -> 
     if outcome == "ended" and theirs is not None:
         assert end is not None
         assert theirs[1] == stream[end:]
+
+
+def test_append_bytes_keeps_a_first_read_and_grows_one_bytearray_after() -> None:
+    from tunnel.server.http_framing import append_bytes
+
+    first = b"GET / HT"
+    assert append_bytes(b"", first) is first  # no copy for a head that comes whole
+    assert append_bytes(b"", memoryview(b"ab")) == b"ab"
+    grown = append_bytes(first, b"TP/1.1\r\n")
+    assert isinstance(grown, bytearray) and grown == b"GET / HTTP/1.1\r\n"
+    again = append_bytes(grown, memoryview(b"\r\n"))
+    assert again is grown and again == b"GET / HTTP/1.1\r\n\r\n"
+
+
+def test_skip_empty_lines_counts_whole_crlf_pairs_only() -> None:
+    from tunnel.server.http_framing import skip_empty_lines
+
+    assert skip_empty_lines(b"GET /") == 0
+    assert skip_empty_lines(b"\r\n\r\nGET /") == 4
+    assert skip_empty_lines(b"\r\n\rGET") == 2  # a lone CR is not an empty line
+    assert skip_empty_lines(bytearray(b"\r\n" * 50_000)) == 100_000

@@ -8,7 +8,7 @@ import logging
 
 import gevent
 
-from tunnel.log_handlers import LineBatch, LineFormatter
+from tunnel.log_lines import LineBatch, LineFormatter
 
 FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 DATEFMT = "[%Y-%m-%d %H:%M:%S %z]"
