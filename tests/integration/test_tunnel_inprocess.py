@@ -162,8 +162,8 @@ def test_pull_and_expose_echo_byte_exact_and_resources_released(harness: Harness
     for job in jobs:
         assert hashlib.sha256(job.get(timeout=scaled_timeout_s(60))).digest() == hashlib.sha256(payload).digest()
     # Both streams finished: their sockets are closed and their permits are back.
-    _wait_for(lambda: kit_session.permits_held == 2 and not kit_session.runner.pumps, 10, "streams to close")
-    assert kit_session.runner.session.statistics().active_streams == 0
+    _wait_for(lambda: kit_session.permits_held == 2 and not kit_session.runner.stream_count, 10, "streams to close")
+    assert kit_session.runner.statistics().active_streams == 0
     _fd_invariant(kit)
     assert _stop_client(client, greenlet) == 0
     _wait_for(lambda: len(kit.registry) == 0, 10, "the session to end")
@@ -242,7 +242,7 @@ def test_v2_cut_mid_transfer_resumes_the_same_session_byte_exact(harness: Harnes
     jobs = [gevent.spawn(_transfer, pull_port, payload) for payload in payloads]
     # Cut the WebSocket under the session twice while the transfers run.
     for _ in range(2):
-        _wait_for(lambda: session.runner is not None and session.runner.session.statistics().data_bytes_received > 0, 10, "traffic")
+        _wait_for(lambda: session.runner.statistics().data_bytes_received > 0, 10, "traffic")
         assert session.runner is not None
         session.runner.transport.abort()
         _wait_for(lambda: session.state.value == "orphaned" or "resumed" in client.err.getvalue(), 10, "parking")  # type: ignore[attr-defined]
@@ -251,7 +251,7 @@ def test_v2_cut_mid_transfer_resumes_the_same_session_byte_exact(harness: Harnes
     assert [hashlib.sha256(r).digest() for r in results] == [hashlib.sha256(p).digest() for p in payloads]
     assert [s.session_id for s in kit.registry] == [session.session_id]  # the same session
     assert "resumed " + session.session_id in client.err.getvalue()  # type: ignore[attr-defined]
-    _wait_for(lambda: not session.runner.pumps, 10, "streams to close")
+    _wait_for(lambda: not session.runner.stream_count, 10, "streams to close")
     _fd_invariant(kit)
     assert _stop_client(client, greenlet) == 0
     _wait_for(lambda: len(kit.registry) == 0, 10, "the session to end")

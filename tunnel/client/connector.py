@@ -46,9 +46,11 @@ from tunnel.protocol import (
     Role,
     Session,
     SessionConfig,
+    SessionState,
     StreamOpened,
     StreamReset,
     WelcomeReceived,
+    code_name,
 )
 
 log = logging.getLogger(__name__)
@@ -215,7 +217,7 @@ class TunnelClient:
         """
         # No local give-up on the kit's TTL: a kit that expired the session answers
         # RESUME_FAILED at once, and one that re-parked it meanwhile may hold it longer.
-        if runner.session.state.name != "DETACHED":
+        if runner.state is not SessionState.DETACHED:
             raise _ResumeRefused("the session was closed")
         transport = self._open_transport()
         if transport.subprotocol != self.protocol:
@@ -223,7 +225,7 @@ class TunnelClient:
             raise _ResumeRefused(f"the kit now speaks {transport.subprotocol}")
         self._handshake = AsyncResult()
         self._goaway = None
-        runner.session.send_resume(self.options.token, f"hoody-tunnel/{__version__}")
+        runner.send_resume(self.options.token, f"hoody-tunnel/{__version__}")
         runner.attach(transport)
         end_greenlet = gevent.spawn(runner.run)
         resumed = False
@@ -237,13 +239,13 @@ class TunnelClient:
                 goaway = self._goaway
                 if goaway is not None and goaway.error_code == ErrorCode.AUTH_FAILED:
                     raise ClientError(f"the server refused the token ({goaway.reason})", EXIT_AUTH, fatal=True)
-                if goaway is not None or runner.session.state.name == "CLOSED":
+                if goaway is not None or runner.closed:
                     # RESUME_FAILED, or any other refusal (e.g. no FD permit): this session is over.
                     reason = _code_text(goaway) if goaway is not None else "the kit closed the session"
                     raise _ResumeRefused(f"the kit refused the resume: {reason}")
                 raise ClientError("connection lost during the resume")
             resumed = True
-            retransmitted = runner.session.statistics().bytes_retransmitted
+            retransmitted = runner.statistics().bytes_retransmitted
             self._say(
                 f"hoody-tunnel: resumed {self.session_id} after {time.monotonic() - self._lost_at:.1f} s, "
                 f"0 bytes lost ({retransmitted} bytes retransmitted in total)",
@@ -264,7 +266,7 @@ class TunnelClient:
         """Give up a parked session: its streams' local connections are reset."""
         parked, self._parked = self._parked, None
         if parked is not None:
-            parked.session.connection_lost()
+            parked.connection_lost()
             parked.stop()
 
     def _one_session(self, *, first: bool) -> ConnectionEnd:
@@ -295,7 +297,7 @@ class TunnelClient:
                 runner.close_gracefully(ErrorCode.NORMAL, "client closing", drain_s=0.0)
                 end_greenlet.join(timeout=5)
             if not (bound and runner.detached):
-                runner.session.connection_lost()
+                runner.connection_lost()
                 runner.stop()  # else parked: the streams wait for the resume
 
     def stop(self) -> None:
@@ -364,8 +366,8 @@ class TunnelClient:
                 heartbeat_interval_s=15.0,  # replaced by WELCOME.heartbeatMs
             )
         )
-        session.send_hello(Hello(token=options.token, client=f"hoody-tunnel/{__version__}", window=options.window_size))
         runner = SessionRunner(session, transport, self, name="client")
+        runner.send_hello(Hello(token=options.token, client=f"hoody-tunnel/{__version__}", window=options.window_size))
         self.runner = runner
         return runner
 
@@ -388,15 +390,15 @@ class TunnelClient:
         raise ClientError(f"connection lost during the handshake{_end_text(end)}")
 
     def _bind_all(self, end_greenlet: Greenlet[..., ConnectionEnd]) -> None:
-        assert self.runner is not None
-        session = self.runner.session
+        runner = self.runner
+        assert runner is not None
         req_id = 0
         pending: list[tuple[int, str, AsyncResult[Event | None]]] = []
         for expose in self.options.exposes:
             req_id += 1
             result: AsyncResult[Event | None] = AsyncResult()
             self._binds[req_id] = result
-            session.send_bind(
+            runner.send_bind(
                 BindRequest(req_id, BindKind.EXPOSE, expose.container_port, expose.mode, expose.host_header)
             )
             pending.append((req_id, f"--expose {expose.container_port}", result))
@@ -404,9 +406,8 @@ class TunnelClient:
             req_id += 1
             result = AsyncResult()
             self._binds[req_id] = result
-            session.send_bind(BindRequest(req_id, BindKind.PULL, pull.spec.container_port, BindMode.TCP))
+            runner.send_bind(BindRequest(req_id, BindKind.PULL, pull.spec.container_port, BindMode.TCP))
             pending.append((req_id, f"--pull {pull.spec.local_port}", result))
-        self.runner.flush()
         def lost(_: object) -> None:
             for _, _, waiting in pending:
                 if not waiting.ready():
@@ -485,8 +486,9 @@ class TunnelClient:
         assert self.runner is not None
         expose = self._exposes.get(event.bind_id)
         if expose is None:
-            self.runner.reset_stream(event.stream_id, ErrorCode.NOT_FOUND, f"unknown binding {event.bind_id}")
-            pump.reset()
+            reason = f"unknown binding {event.bind_id}"
+            self.runner.reset_stream(event.stream_id, ErrorCode.NOT_FOUND, reason)
+            pump.reset(ErrorCode.NOT_FOUND, reason)
             return
         self.runner.spawn(self._dial_expose, expose, pump)
 
@@ -506,8 +508,7 @@ class TunnelClient:
             sock.close()
             return
         pump.connect(sock)
-        runner.session.accept_stream(pump.stream_id)
-        runner.flush()
+        runner.accept_stream(pump.stream_id)
 
     def stream_finished(self, pump: StreamPump) -> None:
         pass  # the client has no FD budget
@@ -515,20 +516,18 @@ class TunnelClient:
     def connection_ended(self, end: ConnectionEnd) -> bool:
         """Keep the session for a resume when a v2 connection was lost without GOAWAY."""
         self._serving.clear()  # local PULL connections now wait for the next session
-        session = self.runner.session if self.runner is not None else None
-        if (
-            session is None
+        runner = self.runner
+        welcome = runner.welcome if runner is not None else None
+        return not (
+            runner is None
             or self._stopping
             or self._goaway is not None
             or end.kind not in _RESUMABLE_ENDS
-            or session.version < 2
-            or session.welcome is None
-            or not session.welcome.resume_token
-            or session.state.name not in ("OPEN", "RESUMING", "DETACHED")
-        ):
-            return False
-        session.detach()
-        return True
+            or runner.version < 2
+            or welcome is None
+            or not welcome.resume_token
+            or runner.state not in (SessionState.OPEN, SessionState.RESUMING, SessionState.DETACHED)
+        )
 
     def event_received(self, event: Event) -> None:
         if isinstance(event, WelcomeReceived):
@@ -583,10 +582,7 @@ class TunnelClient:
 
 
 def _code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return f"code {code}"
+    return code_name(code) or f"code {code}"
 
 
 def _code_text(goaway: GoAwayReceived) -> str:

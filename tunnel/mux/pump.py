@@ -5,7 +5,8 @@ Theory of operation
 A :class:`StreamPump` exists from the moment a stream is known to the driver (opened by us, or
 announced by the peer), even before its local socket is connected: DATA that arrives early is held
 in ``_inbound`` (the peer's credit bounds it to one window, wire-protocol §5 "early data").
-Once :meth:`StreamPump.connect` hands it a socket, two greenlets run in the session's group:
+Once :meth:`StreamPump.connect` hands it a socket, two greenlets run, spawned through its
+:class:`StreamOwner` (the runner), so an unexpected exception in either fails the session:
 
 * the *upstream* greenlet reads the local socket, but never more than the stream's send credit,
   and passes the bytes to ``Session.send_data``. With no credit it waits on ``_credit_changed``,
@@ -19,6 +20,10 @@ a local socket, so one slow local reader never stalls other streams.
 
 The stream is finished when both directions have carried their FIN, or on reset; then the socket
 is closed and ``on_finished`` runs exactly once (the owner releases its FD permit there).
+
+A pump knows its session only through :class:`StreamOwner`, a small interface declared here and
+implemented by :class:`~tunnel.mux.runner.SessionRunner`: the pump never reaches the protocol
+session or the greenlet group itself.
 """
 
 from __future__ import annotations
@@ -28,16 +33,13 @@ import errno
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import gevent
 from gevent.event import Event
 
 from tunnel.mux.dialing import send_all
 from tunnel.protocol import ErrorCode
-
-if TYPE_CHECKING:
-    from tunnel.mux.runner import SessionRunner
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +51,50 @@ MIN_READ_SIZE = 16 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
+def read_size_for(peer_window_size: int) -> int:
+    """How much a pump reads from its local socket at a time, given the peer's window.
+
+    At most half the window, so credit comes back in pieces while the rest is in flight
+    (pipelining) instead of stop-and-wait per window; within [MIN_READ_SIZE, MAX_READ_SIZE].
+    """
+    return max(MIN_READ_SIZE, min(MAX_READ_SIZE, (peer_window_size or MAX_READ_SIZE) // 2))
+
+
+class StreamOwner(Protocol):
+    """What a pump needs from the driver of its session (:class:`~tunnel.mux.runner.SessionRunner`).
+
+    Every call is a session command or query for one stream; none blocks.
+    """
+
+    def outbound_credit(self, stream_id: int) -> int:
+        """Bytes the stream may send now."""
+
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        """Queue DATA (FIN with ``end_stream``) and wake the writer."""
+
+    def acknowledge_data(self, stream_id: int, size: int, *, drained: bool = False) -> None:
+        """``size`` bytes were written to the local socket: credit the peer."""
+
+    def reset_stream(self, stream_id: int, code: int, reason: str = "") -> None:
+        """Queue RST for the stream."""
+
+    def spawn(self, func: Callable[..., object], *args: object) -> gevent.Greenlet[..., object]:
+        """Start a greenlet in the session's group; an unexpected exception fails the session."""
+
+
 class StreamPump:
-    """One stream's byte mover. Created and driven by :class:`~tunnel.mux.runner.SessionRunner`."""
+    """One stream's byte mover. Created by :meth:`~tunnel.mux.runner.SessionRunner.open_stream`
+    or when the peer opens a stream, and driven by the runner."""
 
     def __init__(
         self,
-        runner: SessionRunner,
+        owner: StreamOwner,
         stream_id: int,
         *,
+        read_size: int = MAX_READ_SIZE,
         on_finished: Callable[[StreamPump], None] | None = None,
     ) -> None:
-        self.runner = runner
+        self.owner = owner
         self.stream_id = stream_id
         self.sock: socket.socket | None = None
         self._on_finished = on_finished
@@ -73,10 +108,11 @@ class StreamPump:
         self._greenlets: list[gevent.Greenlet[..., object]] = []
         self.bytes_to_local = 0
         self.bytes_from_local = 0
-        # Read at most half the peer's window at a time: the credit then comes back in
-        # pieces while the rest is in flight (pipelining) instead of stop-and-wait per window.
-        peer_window = runner.session.peer_window_size or MAX_READ_SIZE
-        self._read_size = max(MIN_READ_SIZE, min(MAX_READ_SIZE, peer_window // 2))
+        self.read_size = read_size
+        #: Why the stream was reset: the RST's code and text; None after :meth:`reset` without a
+        #: code (the session ended under the stream).
+        self.reset_code: int | None = None
+        self.reset_reason = ""
 
     # -- called by the runner's reader greenlet: never blocks --------------------------------
 
@@ -96,8 +132,17 @@ class StreamPump:
         """The peer granted credit (WINDOW)."""
         self._credit_changed.set()
 
-    def reset(self) -> None:
-        """The stream was reset (by the peer or by the session): abort the local connection."""
+    def reset(self, code: int | None = None, reason: str = "") -> None:
+        """The stream was reset: abort the local connection.
+
+        Args:
+            code: the RST's error code (sent by the peer, or by our session); None when the
+                session ended under the stream.
+            reason: the RST's text.
+        """
+        if not self._finished:
+            self.reset_code = code
+            self.reset_reason = reason
         self._finish(abort=True)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -109,10 +154,9 @@ class StreamPump:
             return
         self.sock = sock
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        group = self.runner.group
         self._greenlets = [
-            group.spawn(self._upstream_loop),
-            group.spawn(self._downstream_loop),
+            self.owner.spawn(self._upstream_loop),
+            self.owner.spawn(self._downstream_loop),
         ]
 
     @property
@@ -145,18 +189,18 @@ class StreamPump:
     def _upstream_loop(self) -> None:
         """Local socket -> stream, within credit."""
         assert self.sock is not None
-        session = self.runner.session
+        owner = self.owner
         sid = self.stream_id
         sock = self.sock
         while not self._finished:
-            credit = session.outbound_credit(sid)
+            credit = owner.outbound_credit(sid)
             if credit <= 0:
                 self._credit_changed.clear()
-                if session.outbound_credit(sid) <= 0:
+                if owner.outbound_credit(sid) <= 0:
                     self._credit_changed.wait()
                 continue
             try:
-                data = sock.recv(min(credit, self._read_size))
+                data = sock.recv(min(credit, self.read_size))
             except OSError as exc:
                 self._local_failed("read", exc)
                 return
@@ -164,11 +208,11 @@ class StreamPump:
                 return
             if not data:
                 self._sent_fin = True
-                self.runner.send_data(sid, b"", end_stream=True)
+                owner.send_data(sid, b"", end_stream=True)
                 self._maybe_done()
                 return
             self.bytes_from_local += len(data)
-            self.runner.send_data(sid, data)
+            owner.send_data(sid, data)
 
     def _downstream_loop(self) -> None:
         """Stream -> local socket; acknowledge only what was written."""
@@ -200,13 +244,13 @@ class StreamPump:
                 return
             size = len(chunk)
             self.bytes_to_local += size
-            self.runner.acknowledge_data(self.stream_id, size, drained=not inbound)
+            self.owner.acknowledge_data(self.stream_id, size, drained=not inbound)
 
     def _local_failed(self, what: str, exc: OSError) -> None:
         if self._finished:
             return
         log.debug("stream %d: local %s failed: %s", self.stream_id, what, exc)
-        self.runner.reset_stream(
+        self.owner.reset_stream(
             self.stream_id, ErrorCode.CONNECT_FAILED, f"local connection {what} failed: {exc.strerror or exc}"
         )
         self._finish(abort=True)

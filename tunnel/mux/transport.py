@@ -47,6 +47,7 @@ from tunnel.mux.websocket import (
 )
 
 __all__ = [
+    "CloseCode",
     "ConnectionClosed",
     "HandshakeRejected",
     "MessageTooBig",

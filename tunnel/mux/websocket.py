@@ -104,6 +104,7 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # registered by IANA: the server is overloaded (no FD permit left)
 
 
 class FramingError(Exception):

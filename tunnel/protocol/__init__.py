@@ -16,6 +16,7 @@ from tunnel.protocol.errors import (
     RemoteProtocolError,
     TunnelError,
     UpstreamError,
+    code_name,
     error_code_from_wire,
 )
 from tunnel.protocol.events import (
@@ -145,6 +146,7 @@ __all__ = [
     "Window",
     "WindowFrame",
     "WindowUpdated",
+    "code_name",
     "decode_message",
     "encode_frame",
     "encode_message",

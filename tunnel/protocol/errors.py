@@ -26,6 +26,7 @@ __all__ = [
     "RemoteProtocolError",
     "TunnelError",
     "UpstreamError",
+    "code_name",
     "error_code_from_wire",
 ]
 
@@ -67,6 +68,23 @@ def error_code_from_wire(value: int) -> ErrorCode | int:
     if value in _KNOWN_CODES:
         return ErrorCode(value)
     return value
+
+
+def code_name(code: int) -> str | None:
+    """The name of a wire error code as the spec writes it (``"FLOW_CONTROL_ERROR"``).
+
+    The one code-to-name helper: logs, metric labels and the client's messages all use it.
+
+    Args:
+        code: a known :class:`ErrorCode` or any integer received from a peer.
+
+    Returns:
+        The name, or None for a code this version does not know (callers say so their way:
+        a bounded metric label, or the number in a message).
+    """
+    if code in _KNOWN_CODES:
+        return ErrorCode(code).name
+    return None
 
 
 class TunnelError(Exception):

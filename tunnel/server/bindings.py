@@ -1,7 +1,12 @@
-"""EXPOSE listeners and PULL dialing: the kit's only contact with the container's network.
+"""A session's bindings, what an EXPOSE binding needs from its session, and the socket calls
+behind them: EXPOSE listeners and PULL dialing, the kit's only contact with the container's network.
 
-``OSError`` becomes :class:`~tunnel.protocol.UpstreamError` here and nowhere else
-(house style §4), carrying the wire error code a caller should answer with.
+``OSError`` becomes :class:`~tunnel.protocol.UpstreamError` here and nowhere else, carrying the
+wire error code a caller should answer with.
+
+:class:`ExposeHost` is the interface the accept loops (``server/expose.py``, and HTTP mode's in
+``server/http_mode.py``) see of their session; :class:`~tunnel.server.kit_session.KitSession`
+implements it. It keeps those modules free of the session's own module.
 """
 
 from __future__ import annotations
@@ -9,11 +14,17 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gevent import socket as gsocket
+from gevent.event import Event
 from gevent.socket import wait_read
 
+from tunnel.config import Settings
+from tunnel.metrics import Metrics
 from tunnel.mux.dialing import connect_tcp
+from tunnel.mux.pump import StreamPump
+from tunnel.mux.runner import PumpClass, SessionRunner
 from tunnel.protocol import BindKind, BindMode, ErrorCode, UpstreamError
 
 #: Kernel backlog for EXPOSE listeners: while a session is at maxStreams, out of FD permits or
@@ -34,6 +45,42 @@ class Binding:
     streams_opened: int = 0
     closed: bool = False
     accept_greenlet: object | None = field(default=None, repr=False)
+
+
+class ExposeHost(Protocol):
+    """What an EXPOSE binding's accept loop and connections need from their session."""
+
+    session_id: str
+    settings: Settings
+    metrics: Metrics
+    runner: SessionRunner
+    #: Set while a connection serves the session; cleared while it is parked (accept loops and
+    #: held HTTP requests wait on it). Set again when the session ends, to wake them.
+    attached: Event
+
+    @property
+    def active(self) -> bool:
+        """Welcomed and serving (not parked, not closing)."""
+
+    @property
+    def closing(self) -> bool:
+        """Closing or closed: no stream will be opened for it any more."""
+
+    def take_permit(self, *, wait: bool = False) -> bool:
+        """Take an FD permit for this session (``wait``: until one is free)."""
+
+    def give_permit(self) -> None:
+        """Give back a permit taken with :meth:`take_permit`."""
+
+    def open_expose_stream(
+        self, binding: Binding, origin: str, *, pump_class: PumpClass = StreamPump, holds_permit: bool = False
+    ) -> StreamPump:
+        """Open a stream for a connection accepted on ``binding``, and count it.
+
+        Args:
+            holds_permit: the stream takes over an FD permit the caller took, given back when
+                the stream finishes.
+        """
 
 
 def open_listener(host: str, port: int) -> socket.socket:

@@ -10,15 +10,16 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import gevent
 from gevent.event import Event
 
 from tunnel.log_lines import LineBatch
+from tunnel.metrics import Metrics
 from tunnel.mux.dialing import send_all
-from tunnel.protocol import SessionState as ProtocolState
+from tunnel.protocol import SessionState
 from tunnel.server import http_messages as messages
+from tunnel.server.bindings import Binding, ExposeHost
 from tunnel.server.http_framing import (
     MAX_HEAD_SIZE,
     BodyKind,
@@ -39,11 +40,6 @@ from tunnel.server.http_response import (
     closed_error,
 )
 from tunnel.server.http_stream import HttpStream, StreamGone
-
-if TYPE_CHECKING:
-    from tunnel.metrics import Metrics
-    from tunnel.server.bindings import Binding
-    from tunnel.server.kit_session import KitSession
 
 log = logging.getLogger("tunnel.http")
 #: One line per request: method, path without the query, status, bytes, duration, binding.
@@ -106,12 +102,13 @@ class Recorder:
 _STATUS_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
-class HttpConnection(ResponseRelay):
-    """One accepted connection of an http binding, request by request."""
+class HttpConnection:
+    """One accepted connection of an http binding, request by request; its
+    :class:`ResponseRelay` relays each response."""
 
     def __init__(
         self,
-        kit_session: KitSession,
+        host: ExposeHost,
         binding: Binding,
         sock: socket.socket,
         origin: str,
@@ -120,17 +117,16 @@ class HttpConnection(ResponseRelay):
         idle_timeout_s: float = KEEPALIVE_IDLE_S,
         recorder: Recorder | None = None,
     ) -> None:
-        runner = kit_session.runner
-        assert runner is not None
-        self.kit_session = kit_session
-        self.runner = runner
+        self.host = host
+        self.runner = host.runner
         self.binding = binding
         self.sock = sock
         self.origin = origin
         self.peer_ip = origin.rpartition(":")[0].strip("[]") or origin
-        self.metrics = kit_session.kit.metrics
+        self.metrics = host.metrics
         self.recorder = recorder or Recorder(self.metrics, binding.bind_id)
-        self.hold_s = kit_session.settings.http_hold_s
+        self.hold_s = host.settings.http_hold_s
+        self.relay = ResponseRelay(sock, self._answer_failed_response)
         self.buffer: bytes | bytearray = b""  # received from the client, not forwarded yet
         self._forwarding_cache: dict[bytes | None, tuple[bytes, bytes]] = {}  # see forwarding_headers
         self.stream: HttpStream | None = None
@@ -142,8 +138,8 @@ class HttpConnection(ResponseRelay):
         self._drain_on_close = False
         self._handed_over = False  # the stream owns the socket (relay after a 101)
         try:
-            host, port = sock.getsockname()[:2]
-            self.default_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            address, port = sock.getsockname()[:2]
+            self.default_host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         except OSError:
             self.default_host = f"localhost:{binding.port}"
 
@@ -292,13 +288,13 @@ class HttpConnection(ResponseRelay):
                 cycle.bytes_in += stream.send_within_credit(head + first if first else head)
                 cycle.request_done = True
             except StreamGone:
-                pass  # _respond answers for it
-            self._respond(stream, cycle)
+                pass  # the relay answers for it
+            self.relay.respond(stream, cycle)
         else:
             # A body still to come: it streams up while a responder greenlet relays the response
             # (which may come early, or be a 100 Continue the client waits for).
             cycle.done = Event()
-            cycle.responder = self.runner.spawn(self._respond, stream, cycle)
+            cycle.responder = self.runner.spawn(self.relay.respond, stream, cycle)
             self._forward_body(stream, cycle, head + first, scanner)
             cycle.done.wait()
         return self._after_response(stream, cycle)
@@ -363,51 +359,48 @@ class HttpConnection(ResponseRelay):
 
     def _stream_for(self, cycle: Cycle) -> HttpStream | None:
         """The stream for this request: the connection's, or a new one. None: answered 503."""
-        kit_session = self.kit_session
-        if not kit_session.attached.is_set() and not self._hold(cycle):
+        if not self.host.attached.is_set() and not self._hold(cycle):
             return None
         stream = self.stream
         if stream is not None:
             if stream.reusable():
                 return stream
             self._release_stream()
-        session = self.runner.session
-        if not session.can_open_stream() and cycle.held:
+        runner = self.runner
+        if not runner.can_open_stream() and cycle.held:
             # Right after a resume the OPENs re-sent by the session go first: wait for them.
             remaining_s = cycle.started + self.hold_s - time.monotonic()
             if remaining_s > 0:
-                self.runner.wait_stream_slot(remaining_s)
-        if not session.can_open_stream():
+                runner.wait_stream_slot(remaining_s)
+        if not runner.can_open_stream():
             self._reply(cycle, self._no_stream_error())
             return None
-        pump = kit_session.open_expose_stream(self.binding, self.origin)
-        stream = HttpStream.adopt(kit_session, pump)
-        self.stream = stream
-        return stream
+        new = self.host.open_expose_stream(self.binding, self.origin, pump_class=HttpStream)
+        assert isinstance(new, HttpStream)  # made by the pump_class given
+        self.stream = new
+        return new
 
     def _hold(self, cycle: Cycle) -> bool:
         """The session is parked: wait for its resume, up to the hold time. False: answered."""
-        from tunnel.server.kit_session import SessionState
-
-        kit_session = self.kit_session
+        host = self.host
         cycle.held = True
         deadline = cycle.started + self.hold_s
         log.info(
             "http request held: id=%s bind=%d session parked, waiting up to %.1f s",
-            kit_session.session_id,
+            host.session_id,
             self.binding.bind_id,
             self.hold_s,
         )
-        while not kit_session.attached.is_set():
+        while not host.attached.is_set():
             remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0 or not kit_session.attached.wait(remaining_s):
+            if remaining_s <= 0 or not host.attached.wait(remaining_s):
                 break
         held = self.metrics.http_requests_held_total
-        if kit_session.attached.is_set() and kit_session.state is SessionState.ACTIVE:
+        if host.attached.is_set() and host.active:
             held.labels(outcome="served").inc()
             return True
         held.labels(outcome="timed_out").inc()
-        if kit_session.attached.is_set():
+        if host.attached.is_set():
             error = closed_error()  # woken because the session ended
         else:
             error = KitError(
@@ -421,14 +414,12 @@ class HttpConnection(ResponseRelay):
         return False
 
     def _no_stream_error(self) -> KitError:
-        from tunnel.server.kit_session import SessionState
-
-        session = self.runner.session
-        if self.kit_session.state is SessionState.ACTIVE and session.state is ProtocolState.OPEN:
+        runner = self.runner
+        if self.host.active and runner.state is SessionState.OPEN:
             return KitError(
                 503,
                 "max_streams",
-                f"The tunnel is busy: all {session.max_streams} of its streams are in use. "
+                f"The tunnel is busy: all {runner.max_streams} of its streams are in use. "
                 "Try again shortly.",
                 RETRY_AFTER_BUSY_S,
             )
@@ -455,6 +446,11 @@ class HttpConnection(ResponseRelay):
         self._drain_on_close = True
         if record:
             self._record(cycle)
+
+    def _answer_failed_response(self, cycle: Cycle, error: KitError) -> None:
+        """The relay's answer when a response failed before any of it went out (recorded by
+        the connection once the cycle is over)."""
+        self._reply(cycle, error, record=False)
 
     def _record(self, cycle: Cycle) -> None:
         """Metrics and the access-log line, once per request."""
@@ -494,7 +490,7 @@ class HttpConnection(ResponseRelay):
             else:
                 stream.release()
         sock = self.sock
-        if self._drain_on_close and not self._handed_over:
+        if (self._drain_on_close or self.relay.drain_on_close) and not self._handed_over:
             _drain(sock)
         sock.close()
 

@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 One external TCP connection is one :class:`HttpConnection` (``server/http_connection.py``): a
 greenlet in the session's group that holds the connection's FD permit and, while it carries
-requests, one stream, an :class:`HttpStream` (``server/http_stream.py``) registered in the
-runner's ``pumps`` in place of the plain :class:`~tunnel.mux.pump.StreamPump` that
-``open_stream`` made. Keep-alive requests share the stream; the stream is opened at the first
+requests, one stream, an :class:`HttpStream` (``server/http_stream.py``), the pump the runner
+makes for it when the connection opens the stream (``open_stream(..., pump_class=HttpStream)``).
+Keep-alive requests share the stream; the stream is opened at the first
 request, not at accept, so a malformed request never reaches the client's side. The client's
 side does not change: it dials its target for the stream and relays bytes (docs/http-mode.md).
 
@@ -37,9 +37,9 @@ socket, its own error pages included (a 502 when the stream is reset before a re
 connection greenlet writes error pages only when no responder runs. Every response the kit makes
 itself says ``Connection: close`` and the connection closes after it.
 
-The runner calls :meth:`HttpStream.reset` on RST. In the HTTP phase that only finishes the stream
-and wakes the responder, which answers 502 with the client's reason (``KitSession.event_received``
-hands it over right after), instead of aborting the external socket as a tcp pump does. After a
+The runner calls :meth:`HttpStream.reset` with the RST's code and text. In the HTTP phase that
+only finishes the stream and wakes the responder, which answers 502 with the client's reason,
+instead of aborting the external socket as a tcp pump does. After a
 101 the stream becomes what a StreamPump is: ``connect(sock)`` starts its byte movers.
 """
 
@@ -48,18 +48,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from tunnel.protocol import UpstreamError
 from tunnel.server import bindings as binding_io
+from tunnel.server.bindings import Binding, ExposeHost
 from tunnel.server.http_connection import HttpConnection, Recorder
 from tunnel.server.http_messages import KitError
 from tunnel.server.http_response import RETRY_AFTER_BUSY_S
 from tunnel.server.http_stream import HttpStream
-
-if TYPE_CHECKING:
-    from tunnel.server.bindings import Binding
-    from tunnel.server.kit_session import KitSession
 
 log = logging.getLogger("tunnel.http")
 
@@ -79,17 +75,17 @@ class _Overflow:
         self.count -= 1
 
 
-def accept_loop(kit_session: KitSession, binding: Binding) -> None:
+def accept_loop(host: ExposeHost, binding: Binding) -> None:
     """Accept connections of an http binding; each becomes an :class:`HttpConnection`.
 
     Unlike tcp mode this loop keeps accepting while the session is parked (requests are held,
     then served or answered 503) and when no FD permit is left (answered 503, up to
     OVERFLOW_LIMIT at a time; beyond that the backlog waits, as in tcp mode).
     """
-    runner = kit_session.runner
+    runner = host.runner
     listener = binding.listener
-    assert runner is not None and listener is not None
-    metrics = kit_session.kit.metrics
+    assert listener is not None  # an EXPOSE binding's loop starts once its listener is open
+    metrics = host.metrics
     overflow = _Overflow()
     recorder = Recorder(metrics, binding.bind_id)
     while not binding.closed:
@@ -99,14 +95,14 @@ def accept_loop(kit_session: KitSession, binding: Binding) -> None:
             return  # the listener was closed (unbind, kill, end of session)
         if binding.closed:
             return
-        permit = kit_session.take_permit()
+        permit = host.take_permit()
         handed_over = False
         try:
             refusal: KitError | None = None
             if not permit:
                 metrics.fd_permit_exhausted_total.labels(path="expose").inc()
                 if overflow.count >= OVERFLOW_LIMIT:
-                    permit = kit_session.take_permit(wait=True)
+                    permit = host.take_permit(wait=True)
                 else:
                     refusal = KitError(
                         503,
@@ -122,12 +118,12 @@ def accept_loop(kit_session: KitSession, binding: Binding) -> None:
                 return
             on_closed: Callable[[], None]
             if refusal is None:
-                connection = HttpConnection(kit_session, binding, conn, origin, recorder=recorder)
-                on_closed = kit_session.give_permit
+                connection = HttpConnection(host, binding, conn, origin, recorder=recorder)
+                on_closed = host.give_permit
             else:
                 overflow.count += 1
                 connection = HttpConnection(
-                    kit_session,
+                    host,
                     binding,
                     conn,
                     origin,
@@ -140,7 +136,7 @@ def accept_loop(kit_session: KitSession, binding: Binding) -> None:
             handed_over = True  # the connection gives the permit back when it closes
         finally:
             if permit and not handed_over:
-                kit_session.give_permit()
+                host.give_permit()
 
 
 __all__ = ["HttpConnection", "HttpStream", "accept_loop"]

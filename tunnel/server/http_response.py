@@ -1,7 +1,7 @@
 """HTTP mode, the response side: relaying a response from the stream to the HTTP client.
 
-:class:`ResponseRelay` is mixed into :class:`~tunnel.server.http_connection.HttpConnection`; it
-holds what one request's response needs (see :mod:`tunnel.server.http_mode` for the theory of
+:class:`ResponseRelay` is held by :class:`~tunnel.server.http_connection.HttpConnection`, one per
+external connection; it relays what one request's response needs (see :mod:`tunnel.server.http_mode` for the theory of
 operation). Every response head is parsed by llhttp (:mod:`tunnel.server.http_heads`) before
 any of it goes out, so an invalid head never reaches the HTTP client in part; the body's bytes
 then go out as the target sent them, while :class:`~tunnel.server.http_framing.BodyScanner`
@@ -13,22 +13,19 @@ from __future__ import annotations
 import enum
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import gevent
 from gevent.event import Event
 
 from tunnel.mux.dialing import send_all
-from tunnel.protocol import ErrorCode
+from tunnel.protocol import ErrorCode, code_name
 from tunnel.server import http_messages as messages
 from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, append_bytes, head_end
 from tunnel.server.http_heads import HeadError, parse_response_head
 from tunnel.server.http_messages import KitError
 from tunnel.server.http_stream import HttpStream, StreamGone
-
-if TYPE_CHECKING:
-    from tunnel.server.bindings import Binding
 
 log = logging.getLogger("tunnel.http")
 
@@ -85,16 +82,22 @@ class Cycle:
 
 
 class ResponseRelay:
-    """The response half of an HTTP connection (a mixin of HttpConnection)."""
+    """The response half of one HTTP connection: from the stream to the external socket.
 
-    sock: socket.socket
-    binding: Binding
-    _drain_on_close: bool
+    Args:
+        sock: the external connection.
+        answer: writes the kit's own error page for a cycle (the connection's, so the page and
+            the connection's other answers are made one way); the connection closes after it.
+    """
 
-    def _reply(self, cycle: Cycle, error: KitError, *, record: bool = True) -> None:
-        raise NotImplementedError  # HttpConnection._reply
+    def __init__(self, sock: socket.socket, answer: Callable[[Cycle, KitError], None]) -> None:
+        self.sock = sock
+        self._answer = answer
+        #: The response came before the whole request: read and drop what the client still
+        #: sends when the connection closes, so the response is not destroyed by a TCP reset.
+        self.drain_on_close = False
 
-    def _respond(self, stream: HttpStream, cycle: Cycle) -> None:
+    def respond(self, stream: HttpStream, cycle: Cycle) -> None:
         """Relay the response from the stream to the external socket, or answer for the target."""
         error: KitError | None = None
         try:
@@ -212,7 +215,7 @@ class ResponseRelay:
             # nor the connection reused. What the client still sends is read and dropped at the
             # close, so the response is not destroyed by a TCP reset.
             stream.abort("http: response complete before the request")
-            self._drain_on_close = True
+            self.drain_on_close = True
             shutdown_write(self.sock)
 
     def _send(self, data: bytes | bytearray | memoryview, cycle: Cycle) -> None:
@@ -232,7 +235,7 @@ class ResponseRelay:
             cycle.error = error
             abort_socket(self.sock)
             return
-        self._reply(cycle, error, record=False)
+        self._answer(cycle, error)
 
 
 def closed_error() -> KitError:
@@ -257,11 +260,7 @@ def stream_error(stream: HttpStream) -> KitError:
             "Try again shortly.",
             RETRY_AFTER_BUSY_S,
         )
-    try:
-        name = ErrorCode(code).name.lower()
-    except ValueError:
-        name = "unknown"
-    return messages.connect_error(name, stream.reset_reason)
+    return messages.connect_error((code_name(code) or "unknown").lower(), stream.reset_reason)
 
 
 def client_left(sock: socket.socket) -> bool:

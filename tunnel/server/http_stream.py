@@ -8,8 +8,8 @@ out. After a protocol switch (101), :meth:`HttpStream.start_relay` hands it the 
 bytes as any pump does.
 
 A reset from the runner (RST received, or the session ended) finishes the stream without touching
-any socket: the connection answers 502/503 instead. ``KitSession.event_received`` hands over the
-RST's code and text right after, through ``KitSession.http_streams``.
+any socket: the connection answers 502/503 instead, from the RST's code and text that the runner
+hands to :meth:`HttpStream.reset`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,11 @@ import collections
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from gevent.event import Event
 
-from tunnel.mux.pump import StreamPump
+from tunnel.mux.pump import MAX_READ_SIZE, StreamOwner, StreamPump
 from tunnel.protocol import ErrorCode, LocalProtocolError
-
-if TYPE_CHECKING:
-    from tunnel.mux.runner import SessionRunner
-    from tunnel.server.kit_session import KitSession
 
 #: After our FIN, how long the client's side has to close the stream before it is reset.
 LINGER_S = 5.0
@@ -48,62 +43,40 @@ class HttpStream(StreamPump):
 
     def __init__(
         self,
-        runner: SessionRunner,
+        owner: StreamOwner,
         stream_id: int,
         *,
-        on_finished: Callable[[StreamPump], None] | None,
-        kit_session: KitSession,
+        read_size: int = MAX_READ_SIZE,
+        on_finished: Callable[[StreamPump], None] | None = None,
     ) -> None:
-        super().__init__(runner, stream_id, on_finished=on_finished)
-        self.kit_session = kit_session
-        self.reset_code: int | None = None  # from the RST (note_reset), None: the session ended
-        self.reset_reason = ""
-        self._reset_by_runner = False
+        super().__init__(owner, stream_id, read_size=read_size, on_finished=on_finished)
         self._received_before_reset: collections.deque[bytes | memoryview] = collections.deque()
         self._relaying = False
         self._finished_event = Event()
         self.tainted = False  # the target sent bytes beyond a response: do not reuse
 
-    @classmethod
-    def adopt(cls, kit_session: KitSession, pump: StreamPump) -> HttpStream:
-        """Take the place of the pump ``open_stream`` just made (no yield since, so no DATA for it
-        can have arrived): same stream, same finish callback (the runner's bookkeeping)."""
-        runner = pump.runner
-        stream = cls(runner, pump.stream_id, on_finished=pump._on_finished, kit_session=kit_session)
-        runner.pumps[pump.stream_id] = stream
-        kit_session.http_streams[pump.stream_id] = stream
-        return stream
-
-    @property
-    def read_size(self) -> int:
-        return self._read_size
-
     # -- called by the runner (reader greenlet: never blocks) -------------------------------
 
-    def reset(self) -> None:
-        """RST from the client, or the session ended. In the HTTP phase: wake the responder, which
-        answers 502/503; relaying: abort the socket as a tcp pump does."""
+    def reset(self, code: int | None = None, reason: str = "") -> None:
+        """RST from the client (``code``, ``reason``), or the session ended (no code). In the
+        HTTP phase: wake the responder, which answers 502/503 from them; relaying: abort the
+        socket as a tcp pump does."""
         if self._relaying:
-            super().reset()
+            super().reset(code, reason)
             return
-        self._reset_by_runner = True
+        if self._finished:
+            return
+        self.reset_code = code
+        self.reset_reason = reason
         # DATA that came before the RST is still the target's answer (an app that answers 413
         # and closes mid-upload resets its connection): the responder may relay it yet.
         received_before = list(self._inbound)
         self._finish(abort=False)
         self._received_before_reset.extend(received_before)
 
-    def note_reset(self, code: int, reason: str) -> None:
-        """The RST's code and text (``KitSession.event_received``, right after :meth:`reset`)."""
-        self.reset_code = code
-        self.reset_reason = reason
-
     def _finish(self, *, abort: bool) -> None:
         if self._finished:
             return
-        if not self._reset_by_runner:
-            # After reset() the StreamReset event still has to find it (then it is popped there).
-            self.kit_session.http_streams.pop(self.stream_id, None)
         super()._finish(abort=abort)
         self._finished_event.set()
 
@@ -125,7 +98,7 @@ class HttpStream(StreamPump):
         Raises:
             StreamGone: the stream was reset or finished meanwhile.
         """
-        session = self.runner.session
+        owner = self.owner
         stream_id = self.stream_id
         # The session keeps bytes as they are and would copy a writable buffer anyway.
         rest = data if isinstance(data, bytes) else bytes(data)
@@ -133,16 +106,16 @@ class HttpStream(StreamPump):
         while rest:
             if self._finished:
                 raise StreamGone()
-            credit = session.outbound_credit(stream_id)
+            credit = owner.outbound_credit(stream_id)
             if credit <= 0:
                 self._credit_changed.clear()
-                if session.outbound_credit(stream_id) <= 0 and not self._finished:
+                if owner.outbound_credit(stream_id) <= 0 and not self._finished:
                     self._credit_changed.wait()
                 continue
             if credit >= len(rest):
-                self.runner.send_data(stream_id, rest)
+                owner.send_data(stream_id, rest)
                 break
-            self.runner.send_data(stream_id, rest[:credit])
+            owner.send_data(stream_id, rest[:credit])
             rest = rest[credit:]
         self.bytes_from_local += size
         return size
@@ -183,13 +156,13 @@ class HttpStream(StreamPump):
         """``size`` bytes from :meth:`next_inbound` are written out: give the credit back."""
         if size and not self._finished:
             self.bytes_to_local += size
-            self.runner.acknowledge_data(self.stream_id, size, drained=not self._inbound)
+            self.owner.acknowledge_data(self.stream_id, size, drained=not self._inbound)
 
     def abort(self, reason: str) -> None:
         """Reset the stream from our side (the request cannot go on)."""
         if self._finished:
             return
-        self.runner.reset_stream(self.stream_id, ErrorCode.NORMAL, reason)
+        self.owner.reset_stream(self.stream_id, ErrorCode.NORMAL, reason)
         self._finish(abort=False)
 
     def release(self) -> None:
@@ -200,12 +173,12 @@ class HttpStream(StreamPump):
         if not self._sent_fin:
             self._sent_fin = True
             try:
-                self.runner.send_data(self.stream_id, b"", end_stream=True)
+                self.owner.send_data(self.stream_id, b"", end_stream=True)
             except LocalProtocolError:
                 # The session dropped the stream meanwhile (it is closing): nothing left to end.
                 self._finish(abort=False)
                 return
-        self.runner.spawn(self._linger)
+        self.owner.spawn(self._linger)
 
     def _linger(self) -> None:
         deadline = time.monotonic() + LINGER_S
@@ -213,7 +186,7 @@ class HttpStream(StreamPump):
         while not self._finished:
             if inbound:
                 size = len(inbound.popleft())
-                self.runner.acknowledge_data(self.stream_id, size, drained=not inbound)
+                self.owner.acknowledge_data(self.stream_id, size, drained=not inbound)
                 continue
             if self._peer_fin:
                 self._finish(abort=False)

@@ -1,7 +1,15 @@
-"""The kit: settings, metrics, the registry and FD budget, and serving one WebSocket.
+"""The kit: settings, metrics, the registry and FD budget, serving one WebSocket, and the
+decisions that span sessions (resume hand-over, admin kill, shutdown).
 
 One :class:`Kit` per app, stored at ``app.extensions["tunnel"]``; the connect view hands it each
 accepted WebSocket through :meth:`Kit.serve`, which blocks for the session's lifetime.
+
+Resume across sessions (docs/protocol.md "Resume"): a new connection's HELLO carries
+``resume {sessionId, resumeToken, received}``; its KitSession checks the auth token and ends its
+run with a HANDOFF. :meth:`Kit.serve` then finds the session it names (:meth:`Kit._resume_target`),
+supersedes that session's connection if the kit has not seen it die (GOAWAY(SUPERSEDED)), and
+serves the session on the new connection. Every refusal goes one way (:meth:`Kit._refuse_resume`):
+GOAWAY(RESUME_FAILED) and close, leaving any parked session as it was, so a guess cannot kill it.
 """
 
 from __future__ import annotations
@@ -13,22 +21,25 @@ import gevent
 
 from tunnel.config import Settings
 from tunnel.metrics import LiveGauges, Metrics
-from tunnel.mux.runner import WS_GOING_AWAY, WS_NORMAL, ConnectionEnd, EndKind, SessionRunner
-from tunnel.mux.transport import Transport, TransportError
-from tunnel.protocol import ErrorCode, ResumeRequest, Role, Session, SessionConfig
-from tunnel.server.kit_session import KitSession, SessionState
-from tunnel.server import resumption
+from tunnel.mux.runner import ConnectionEnd, EndKind
+from tunnel.mux.transport import CloseCode, Transport, TransportError
+from tunnel.protocol import (
+    ErrorCode,
+    GoAwayFrame,
+    ResumeRequest,
+    code_name,
+    encode_frame,
+)
+from tunnel.server.kit_session import KitSession, KitSessionState, protocol_session
 from tunnel.server.registry import Registry
+from tunnel.server.resumption import RESUME_FAILED_REASON, compare_token_anyway
 
 log = logging.getLogger("tunnel.session")
-
-#: WebSocket close code "try again later" (RFC 6455 §7.4.1, registered 1013).
-WS_TRY_AGAIN_LATER = 1013
 
 
 @dataclass(frozen=True, slots=True)
 class FdAccounting:
-    """A consistent snapshot of the FD budget (wire-protocol §9 invariant)."""
+    """A consistent snapshot of the FD budget (docs/protocol.md "FD budget" invariant)."""
 
     budget: int
     available: int
@@ -41,9 +52,17 @@ class Kit:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.registry = Registry(settings.fd_budget)
-        self.draining = False
+        self.registry: Registry[KitSession] = Registry(settings.fd_budget)
         metrics.set_live_source(self.live_gauges)
+
+    @property
+    def draining(self) -> bool:
+        """SIGTERM: no new sessions, no parking, no resumes."""
+        return self.registry.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.registry.draining = value
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -53,7 +72,7 @@ class Kit:
             sessions_active=len(sessions),
             bindings_active=sum(len(s.bindings) for s in sessions),
             fd_permits_available=self.registry.budget.available,
-            sessions_orphaned=sum(1 for s in sessions if s.state is SessionState.ORPHANED),
+            sessions_orphaned=sum(1 for s in sessions if s.parked),
         )
 
     def fd_accounting(self) -> FdAccounting:
@@ -63,39 +82,37 @@ class Kit:
     # -- steering --------------------------------------------------------------------------------
 
     def kill_session(self, session_id: str, grace_s: float) -> KitSession | None:
-        """Admin kill (admin-api.md DELETE): GOAWAY(ADMIN_CLOSE, "closed by admin"), stop the
-        session's EXPOSE listeners, drain for at most ``grace_s``, then force-close. Returns the
-        session (already closing is fine: the call is idempotent), or None when unknown.
+        """Admin kill: GOAWAY(ADMIN_CLOSE, "closed by admin"), stop the session's EXPOSE
+        listeners, drain for at most ``grace_s``, then force-close. Returns the session (already
+        closing is fine: the call is idempotent), or None when unknown.
         Does not block: the drain runs in the session's group."""
         kit_session = self.registry.get(session_id)
         if kit_session is None:
             return None
-        if kit_session.state is SessionState.CLOSING:
+        if kit_session.state is KitSessionState.CLOSING:
             return kit_session
-        if kit_session.state is SessionState.ORPHANED:
-            # Parked: nothing is attached to drain, so it closes at once (admin-api.md), and a
-            # later HELLO.resume finds nothing.
-            kit_session.admin_killed = True
-            kit_session.state = SessionState.CLOSING
+        kit_session.admin_killed = True  # never parked, never resumable (docs/protocol.md §11)
+        if kit_session.parked:
+            # Parked: nothing is attached to drain, so it closes at once, and a later
+            # HELLO.resume finds nothing.
+            kit_session.set_state(KitSessionState.CLOSING)
             log.info("session kill requested: id=%s (parked: closed at once)", session_id)
             self.metrics.sessions_closed_total.labels(reason="admin_close").inc()
             kit_session.release_all()  # release, then unlist: the views' FD sum stays exact
             self.registry.remove(kit_session)
             return kit_session
-        kit_session.state = SessionState.CLOSING
-        kit_session.admin_killed = True  # never parked, never resumable (wire-protocol §6)
+        kit_session.set_state(KitSessionState.CLOSING)
         kit_session.stop_accepting()
         self.metrics.goaways_sent_total.labels(code="admin_close").inc()
         log.info("session kill requested: id=%s grace_s=%.3f", session_id, grace_s)
         runner = kit_session.runner
-        if runner is not None:
-            runner.spawn(
-                runner.close_gracefully,
-                ErrorCode.ADMIN_CLOSE,
-                "closed by admin",
-                drain_s=grace_s,
-                ws_close_code=WS_NORMAL,
-            )
+        runner.spawn(
+            runner.close_gracefully,
+            ErrorCode.ADMIN_CLOSE,
+            "closed by admin",
+            drain_s=grace_s,
+            ws_close_code=CloseCode.NORMAL,
+        )
         return kit_session
 
     def shutdown(self, grace_s: float) -> None:
@@ -107,9 +124,9 @@ class Kit:
         closers = []
         for kit_session in sessions:
             runner = kit_session.runner
-            if runner is None or runner.ended:
+            if runner.ended:
                 continue
-            kit_session.state = SessionState.CLOSING
+            kit_session.set_state(KitSessionState.CLOSING)
             kit_session.stop_accepting()
             self.metrics.goaways_sent_total.labels(code="shutdown").inc()
             closers.append(
@@ -118,7 +135,7 @@ class Kit:
                     ErrorCode.SHUTDOWN,
                     "server shutting down",
                     drain_s=grace_s,
-                    ws_close_code=WS_GOING_AWAY,
+                    ws_close_code=CloseCode.GOING_AWAY,
                 )
             )
         gevent.joinall(closers, timeout=grace_s + 2.0)
@@ -128,21 +145,12 @@ class Kit:
     def serve(self, transport: Transport, *, peer_address: str, user_agent: str) -> None:
         """Run one tunnel session over an accepted WebSocket until it ends."""
         settings = self.settings
-        version = 2 if transport.subprotocol.endswith(".v2") else 1
-        session = Session(
-            SessionConfig(
-                role=Role.SERVER,
-                version=version,
-                receive_window_size=settings.window_size,
-                max_frame_size=settings.max_frame_size,
-                max_streams=settings.max_streams,
-                heartbeat_interval_s=settings.heartbeat_s,
-            )
-        )
         kit_session = KitSession(
-            self,
-            SessionRunner,
-            protocol=transport.subprotocol,
+            settings,
+            self.metrics,
+            self.registry,
+            protocol_session(settings, transport.subprotocol),
+            transport,
             peer_address=peer_address,
             user_agent=user_agent,
         )
@@ -150,27 +158,31 @@ class Kit:
             self.metrics.fd_permit_exhausted_total.labels(path="session").inc()
             self.metrics.handshake_failures_total.labels(reason="resource_exhausted").inc()
             log.info("session refused: peer=%s reason=no-fd-permit", peer_address)
-            self._refuse(transport, session, ErrorCode.RESOURCE_EXHAUSTED, "no file descriptor permit left")
+            self._close_with_goaway(
+                transport, ErrorCode.RESOURCE_EXHAUSTED, "no file descriptor permit left", CloseCode.TRY_AGAIN_LATER
+            )
             return
         current = kit_session
         end: ConnectionEnd | None = None
         try:
-            runner = SessionRunner(session, transport, kit_session, name=kit_session.session_id)
-            kit_session.runner = runner
+            runner = kit_session.runner
             self.registry.add(kit_session)
             runner.spawn(kit_session.watch_handshake)
             end = runner.run()
-            while end.kind is EndKind.HANDOFF and current.resume_target is not None:
-                # HELLO.resume: this connection (and its permit) now serves the parked session.
-                temp, current = current, current.resume_target
-                request = temp.pending_resume
-                assert request is not None
-                self.registry.remove(temp)
-                temp.release_all()
-                temp.permits_held -= 1
-                current.permits_held += 1
-                end = self._resume(current, transport, request, peer_address)
-            if end.error_code != ErrorCode.RESUME_FAILED:  # a late refusal: counted already
+            if end.kind is EndKind.HANDOFF and kit_session.resume_request is not None:
+                # HELLO.resume: this connection (and its permit) may now serve a parked session.
+                request = kit_session.resume_request
+                target = self._resume_target(kit_session, request)
+                if target is None:
+                    end = self._refuse_resume(transport, request.session_id)
+                else:
+                    self.registry.remove(kit_session)
+                    kit_session.release_all()
+                    kit_session.permits_held -= 1  # the WebSocket's permit moves to the target
+                    target.permits_held += 1
+                    current = target
+                    end = self._resume(target, transport, request, peer_address)
+            if end.error_code != ErrorCode.RESUME_FAILED:  # a refusal: counted already
                 self._ended(current, end)
         finally:
             if end is not None and end.parked:
@@ -185,28 +197,33 @@ class Kit:
                 self.registry.remove(current)
             transport.close()
 
-    def _resume(self, target: KitSession, transport: Transport, request: ResumeRequest, peer_address: str) -> ConnectionEnd:
+    # -- resume across sessions ------------------------------------------------------------------
+
+    def _resume_target(self, temp: KitSession, request: ResumeRequest) -> KitSession | None:
+        """The parked (or still attached) session a HELLO.resume names, if the token fits."""
+        target = self.registry.get(request.session_id)
+        if target is None or target is temp:
+            compare_token_anyway(request.resume_token)
+            return None
+        if not target.token_matches(request.resume_token) or not target.resumable_now():
+            return None
+        return target
+
+    def _resume(
+        self, target: KitSession, transport: Transport, request: ResumeRequest, peer_address: str
+    ) -> ConnectionEnd:
         """Serve ``target`` on the connection that resumed it, until that connection ends."""
+        if target.state not in (KitSessionState.ORPHANED, KitSessionState.ACTIVE) or target.admin_killed:
+            # Expired or killed since its token was checked (the check and this line are in one
+            # turn today, but the rule must not depend on it): refuse like any failed resume.
+            return self._refuse_resume(transport, target.session_id)
         runner = target.runner
-        assert runner is not None
-        if target.state not in (SessionState.ORPHANED, SessionState.ACTIVE) or target.admin_killed:
-            # Expired or killed since its token was checked: refuse like any failed resume.
-            return resumption.refuse_late(transport, target)
-        if target.state is SessionState.ACTIVE:
-            resumption.supersede(target)  # its old connection parks it first
-        if target.expiry is not None:
-            target.expiry.kill(block=False)
-            target.expiry = None
-        outage_s = target.parked_for_s()
-        runner.attach(transport)
-        runner.session.resume(resumption.build_welcome(target, resumed=True), request.received, runner.clock())
-        runner.dispatch(runner.session.events_received())
-        retransmitted = runner.session.statistics().bytes_retransmitted
-        target.state = SessionState.ACTIVE
-        target.parked_at = None
-        target.peer_address = peer_address
-        target.attached.set()
-        runner.wake_streams()
+        if target.active:
+            # The client came back while the kit still holds its old connection: drop that one
+            # (which parks the session first).
+            runner.supersede("the session was resumed on another connection")
+            log.info("session superseded: id=%s", target.session_id)
+        outage_s = target.unpark(transport, request, peer_address)
         self.metrics.resumes_total.labels(outcome="resumed").inc()
         self.metrics.outage_duration_seconds.observe(outage_s)
         log.info(
@@ -214,29 +231,37 @@ class Kit:
             target.session_id,
             peer_address,
             outage_s,
-            len(runner.pumps),
-            retransmitted,
+            runner.stream_count,
+            runner.statistics().bytes_retransmitted,
         )
         return runner.run()
 
-    def _refuse(self, transport: Transport, session: Session, code: ErrorCode, reason: str) -> None:
-        session.send_goaway(code, reason)
+    def _refuse_resume(self, transport: Transport, session_id: str) -> ConnectionEnd:
+        """GOAWAY(RESUME_FAILED) and close: the client starts a new session."""
+        self.metrics.resumes_total.labels(outcome="failed").inc()
+        log.info("resume refused: session=%s", session_id)
+        self._close_with_goaway(transport, ErrorCode.RESUME_FAILED, RESUME_FAILED_REASON, CloseCode.POLICY_VIOLATION)
+        return ConnectionEnd(EndKind.LOCAL_CLOSE, RESUME_FAILED_REASON, error_code=int(ErrorCode.RESUME_FAILED))
+
+    @staticmethod
+    def _close_with_goaway(transport: Transport, code: ErrorCode, reason: str, close_code: CloseCode) -> None:
+        """Refuse a connection that no session runs on: GOAWAY straight onto the wire, close."""
         try:
-            transport.send_messages(session.messages_to_send())
+            transport.send_messages([encode_frame(GoAwayFrame(code, reason))])
         except TransportError:
             pass  # the peer is gone already; closing is all that is left
-        transport.close(WS_TRY_AGAIN_LATER, reason)
+        transport.close(close_code, reason)
 
     def _ended(self, kit_session: KitSession, end: ConnectionEnd) -> None:
         if end.parked:
-            return  # logged by resumption.park(); the session is not over
-        was_active = kit_session.state is not SessionState.HANDSHAKE
+            return  # logged when parked; the session is not over
+        was_active = kit_session.state is not KitSessionState.HANDSHAKE
         reason = end.kind.value
         if end.kind is EndKind.LOCAL_CLOSE and end.error_code is not None:
-            reason = ErrorCode(end.error_code).name.lower() if end.error_code in ErrorCode._value2member_map_ else reason
-        kit_session.state = SessionState.CLOSING
+            reason = (code_name(end.error_code) or reason).lower()
+        kit_session.set_state(KitSessionState.CLOSING)
         if was_active:
-            stats = kit_session.runner.session.statistics() if kit_session.runner else None
+            stats = kit_session.runner.statistics()
             self.metrics.sessions_closed_total.labels(reason=reason).inc()
             log.info(
                 "session closed: id=%s peer=%s reason=%s detail=%r bytes_in=%d bytes_out=%d",
@@ -244,8 +269,8 @@ class Kit:
                 kit_session.peer_address,
                 reason,
                 end.detail,
-                stats.data_bytes_received if stats else 0,
-                stats.data_bytes_sent if stats else 0,
+                stats.data_bytes_received,
+                stats.data_bytes_sent,
             )
         elif end.kind is EndKind.PROTOCOL_ERROR:
             self.metrics.handshake_failures_total.labels(reason="protocol_error").inc()

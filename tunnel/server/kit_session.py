@@ -1,9 +1,24 @@
-"""One tunnel session on the kit: handshake, bindings, streams and the permits it holds.
+"""One tunnel session on the kit: handshake, bindings, PULL streams, parking, and the permits it holds.
 
-A :class:`KitSession` is the :class:`~tunnel.mux.runner.RunnerDelegate` of the kit side. It is
-created when a WebSocket has been accepted; a v1 session ends with its connection, a v2 session
-may be parked and resumed on later connections (server/resumption.py). Everything it spawns
-lives in its runner's group.
+A :class:`KitSession` is the :class:`~tunnel.mux.runner.RunnerDelegate` of the kit side and the
+:class:`~tunnel.server.bindings.ExposeHost` of its EXPOSE bindings. :class:`~tunnel.server.kit.Kit`
+builds it for each accepted WebSocket with what it needs (settings, metrics, the registry, the
+protocol session and the transport); it builds its own :class:`~tunnel.mux.runner.SessionRunner`
+and reaches the protocol session only through it. Everything it spawns lives in the runner's group.
+
+Lifecycle (:class:`KitSessionState`, changed only by :meth:`KitSession.set_state`)::
+
+    HANDSHAKE --HELLO ok--> ACTIVE --connection lost (v2, no GOAWAY)--> ORPHANED (parked)
+        |                     |  ^                                          |
+        |                     |  +-------------- resumed -------------------+
+        |                     +--GOAWAY / admin kill / shutdown--> CLOSING --> CLOSED
+        +--refused, handed off, or ended-----------------------------------------^
+    ORPHANED --TTL ran out or admin kill--> CLOSED
+
+Parking (docs/protocol.md "Resume"): a v2 session whose WebSocket ends without a GOAWAY keeps its
+streams (their sockets, buffers and permits) and its bindings; its EXPOSE accept loops pause; the
+WebSocket's permit is released; after ``orphan_ttl_s`` it expires and everything is released.
+Which parked session a HELLO.resume names, and the hand-over, are the Kit's business.
 
 Permits: the WebSocket holds one from :meth:`Kit.serve`; each EXPOSE listener one; each stream's
 local socket one. ``permits_held`` counts them and changes only next to the semaphore call, with
@@ -14,20 +29,21 @@ from __future__ import annotations
 
 import enum
 import hmac
-import secrets
 import logging
+import secrets
 import time
-from typing import TYPE_CHECKING
 
 import gevent
 from gevent.event import Event as GeventEvent
 
+from tunnel import __version__
+from tunnel.config import Settings
+from tunnel.metrics import Metrics
 from tunnel.mux.pump import StreamPump
-from tunnel.mux.runner import WS_POLICY_VIOLATION, ConnectionEnd, EndKind, SessionRunner
+from tunnel.mux.runner import ConnectionEnd, EndKind, PumpClass, SessionRunner
+from tunnel.mux.transport import CloseCode, Transport
 from tunnel.protocol import (
-    BindAccepted,
     BindKind,
-    BindMode,
     BindRejected,
     BindRequest,
     BindRequested,
@@ -38,29 +54,30 @@ from tunnel.protocol import (
     HelloReceived,
     PongReceived,
     ResumeRequest,
-    SessionState as ProtocolSessionState,
+    Role,
+    Session,
+    SessionConfig,
+    SessionState,
     StreamAccepted,
     StreamOpened,
     StreamRefused,
     StreamReset,
     UnbindReceived,
     UpstreamError,
+    Welcome,
+    code_name,
 )
 from tunnel.server import bindings as binding_io
-from tunnel.server import http_mode
-from tunnel.server import resumption
+from tunnel.server import expose
 from tunnel.server.bindings import Binding
-from tunnel.server.registry import PortInUse
-
-if TYPE_CHECKING:
-    from tunnel.server.http_mode import HttpStream
-    from tunnel.server.kit import Kit
+from tunnel.server.registry import PortInUse, Registry
+from tunnel.server.resumption import Parking, ResumeTokens
 
 log = logging.getLogger("tunnel.session")
 
 
-class SessionState(enum.Enum):
-    """What the admin views show as ``state``."""
+class KitSessionState(enum.Enum):
+    """Where a kit session is in its life; the admin views show it as ``state``."""
 
     HANDSHAKE = "handshake"
     ACTIVE = "active"
@@ -69,8 +86,26 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
+#: End kinds after which a v2 session is parked (no GOAWAY was exchanged).
+_PARKABLE = frozenset({EndKind.PEER_CLOSED, EndKind.DEAD, EndKind.SEND_FAILED, EndKind.SUPERSEDED})
+
+
+def protocol_session(settings: Settings, subprotocol: str) -> Session:
+    """The kit's protocol session for a connection that negotiated ``subprotocol``."""
+    return Session(
+        SessionConfig(
+            role=Role.SERVER,
+            version=2 if subprotocol.endswith(".v2") else 1,
+            receive_window_size=settings.window_size,
+            max_frame_size=settings.max_frame_size,
+            max_streams=settings.max_streams,
+            heartbeat_interval_s=settings.heartbeat_s,
+        )
+    )
+
+
 def new_session_id() -> str:
-    """``"sess_"`` + 12 lowercase hex digits from a CSPRNG (wire-protocol §3)."""
+    """``"sess_"`` + 12 lowercase hex digits from a CSPRNG (docs/protocol.md "Handshake")."""
     return "sess_" + secrets.token_hex(6)
 
 
@@ -79,47 +114,69 @@ class KitSession:
 
     def __init__(
         self,
-        kit: Kit,
-        runner_factory: type[SessionRunner],
+        settings: Settings,
+        metrics: Metrics,
+        registry: Registry[KitSession],
+        session: Session,
+        transport: Transport,
         *,
-        protocol: str,
         peer_address: str,
         user_agent: str,
     ) -> None:
-        self.kit = kit
-        self.settings = kit.settings
+        self.settings = settings
+        self.metrics = metrics
+        self.registry = registry
         self.session_id = new_session_id()
-        self.protocol = protocol
+        self.protocol = transport.subprotocol
+        self.resumable = self.protocol.endswith(".v2")
         self.peer_address = peer_address
         self.user_agent = user_agent
         self.client_name = ""
         self.created_at = time.time()
-        self.state = SessionState.HANDSHAKE
+        self.state = KitSessionState.HANDSHAKE
         self.bindings: dict[int, Binding] = {}
         self.permits_held = 0
         self.rtt_s: float | None = None
         self.close_reason = ""
         self.admin_killed = False
-        # Resume (server/resumption.py)
-        self.resume_tokens: list[str] = []
-        self.parked_at: float | None = None
+        self.resume_tokens = ResumeTokens()
+        self.parking = Parking()
         self.expiry: gevent.Greenlet[..., object] | None = None
         self.attached = GeventEvent()  # set while a connection serves it; accept loops wait on it
         self.attached.set()
-        self.resume_target: KitSession | None = None  # this connection's HELLO resumes that one
-        self.pending_resume: ResumeRequest | None = None
+        #: This connection's HELLO asked to resume another session (Kit.serve hands it over).
+        self.resume_request: ResumeRequest | None = None
         self._stream_permits: set[int] = set()  # stream ids whose local socket holds a permit
-        # HTTP mode: live streams of http bindings, so a StreamReset's reason reaches its 502 page.
-        self.http_streams: dict[int, HttpStream] = {}
         self._welcomed = GeventEvent()
         self._open_started: dict[int, float] = {}
-        self.runner: SessionRunner | None = None
-        self._runner_factory = runner_factory
+        self.runner = SessionRunner(session, transport, self, name=self.session_id)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def set_state(self, state: KitSessionState) -> None:
+        """The one place the session's state changes."""
+        self.state = state
+
+    @property
+    def active(self) -> bool:
+        return self.state is KitSessionState.ACTIVE
+
+    @property
+    def closing(self) -> bool:
+        return self.state in (KitSessionState.CLOSING, KitSessionState.CLOSED)
+
+    @property
+    def parked(self) -> bool:
+        return self.state is KitSessionState.ORPHANED
+
+    @property
+    def active_streams(self) -> int:
+        return self.runner.statistics().active_streams
 
     # -- permits ---------------------------------------------------------------------------------
 
     def take_permit(self, *, wait: bool = False) -> bool:
-        budget = self.kit.registry.budget
+        budget = self.registry.budget
         ok = budget.acquire() if wait else budget.try_acquire()
         if ok:
             self.permits_held += 1  # no yield between acquire and this line (registry.py)
@@ -127,62 +184,50 @@ class KitSession:
 
     def give_permit(self) -> None:
         self.permits_held -= 1
-        self.kit.registry.budget.release()
-
-    # -- views -------------------------------------------------------------------------------------
-
-    @property
-    def active_streams(self) -> int:
-        return 0 if self.runner is None else self.runner.session.statistics().active_streams
+        self.registry.budget.release()
 
     # -- handshake -------------------------------------------------------------------------------
 
     def watch_handshake(self) -> None:
-        """End the connection if no valid HELLO arrives in time (wire-protocol §3)."""
-        assert self.runner is not None
+        """End the connection if no valid HELLO arrives in time (docs/protocol.md "Handshake")."""
         if self._welcomed.wait(self.settings.handshake_timeout_s):
             return
-        self.kit.metrics.handshake_failures_total.labels(reason="timeout").inc()
+        self.metrics.handshake_failures_total.labels(reason="timeout").inc()
         log.info("session refused: peer=%s reason=handshake-timeout", self.peer_address)
         self.runner.close_gracefully(
             ErrorCode.TIMEOUT,
             f"no HELLO within {self.settings.handshake_timeout_s:g} s",
             drain_s=0.0,
-            ws_close_code=WS_POLICY_VIOLATION,
+            ws_close_code=CloseCode.POLICY_VIOLATION,
         )
 
     def _hello(self, event: HelloReceived) -> None:
-        assert self.runner is not None
-        if self.runner.session.state is not ProtocolSessionState.HELLO_RECEIVED:
+        runner = self.runner
+        if runner.state is not SessionState.HELLO_RECEIVED:
             return  # e.g. HELLO and GOAWAY in one message: the client already left
         hello = event.hello
         if not self._token_ok(hello.token):
-            self.kit.metrics.handshake_failures_total.labels(reason="auth").inc()
+            self.metrics.handshake_failures_total.labels(reason="auth").inc()
             log.info("session refused: peer=%s reason=invalid-token", self.peer_address)
-            self.runner.spawn(
-                self.runner.close_gracefully,
+            runner.spawn(
+                runner.close_gracefully,
                 ErrorCode.AUTH_FAILED,
                 "invalid token",
                 drain_s=0.0,
-                ws_close_code=WS_POLICY_VIOLATION,
+                ws_close_code=CloseCode.POLICY_VIOLATION,
             )
             return
         if hello.resume is not None:
-            target = resumption.find_target(self, hello.resume)
-            if target is None:
-                resumption.refuse(self, hello)
-                return
-            # Hand this connection over to the parked session (Kit.serve does the rest).
-            self.resume_target = target
-            self.pending_resume = hello.resume
+            # The Kit decides which session this resumes (or refuses): hand the connection over.
+            self.resume_request = hello.resume
             self._welcomed.set()
-            self.runner.end(ConnectionEnd(EndKind.HANDOFF, f"resumes {target.session_id}"))
+            runner.end(ConnectionEnd(EndKind.HANDOFF, f"resumes {hello.resume.session_id}"))
             return
         self.client_name = hello.client
-        self.runner.session.send_welcome(resumption.build_welcome(self, resumed=False))
-        self.state = SessionState.ACTIVE
+        runner.send_welcome(self.build_welcome(resumed=False))
+        self.set_state(KitSessionState.ACTIVE)
         self._welcomed.set()
-        self.kit.metrics.sessions_opened_total.inc()
+        self.metrics.sessions_opened_total.inc()
         log.info(
             "session opened: id=%s peer=%s protocol=%s client=%r",
             self.session_id,
@@ -200,6 +245,106 @@ class KitSession:
             # Compare against every token so timing says nothing about which one matched.
             ok |= hmac.compare_digest(candidate, accepted.encode("utf-8"))
         return ok
+
+    def build_welcome(self, *, resumed: bool) -> Welcome:
+        """The WELCOME of a new (``resumed=False``) or resumed session; v2 carries a fresh resume
+        token and the TTL."""
+        settings = self.settings
+        v2 = self.resumable
+        return Welcome(
+            session_id=self.session_id,
+            protocol=self.protocol,
+            resumed=resumed,
+            max_streams=settings.max_streams,
+            window=settings.window_size,
+            max_frame=settings.max_frame_size,
+            heartbeat_ms=int(settings.heartbeat_s * 1000),
+            server=f"hoody-tunnel/{__version__}",
+            resume_token=self.resume_tokens.issue(self._acknowledged_token()) if v2 else None,
+            orphan_ttl_ms=int(settings.orphan_ttl_s * 1000) if v2 else None,
+        )
+
+    # -- resume ------------------------------------------------------------------------------------
+
+    def _acknowledged_token(self) -> str | None:
+        """The token of the last WELCOME the client acknowledged (then the only valid one)."""
+        welcome = self.runner.welcome
+        if self.runner.welcome_acknowledged and welcome is not None:
+            return welcome.resume_token or ""
+        return None
+
+    def token_matches(self, token: str) -> bool:
+        return self.resume_tokens.matches(token, self._acknowledged_token())
+
+    def resumable_now(self) -> bool:
+        """Whether a HELLO.resume with a good token may take this session over."""
+        return (
+            self.resumable
+            and not self.admin_killed
+            and not self.registry.draining
+            and self.state in (KitSessionState.ORPHANED, KitSessionState.ACTIVE)
+            and not self.runner.closing  # e.g. the client said GOAWAY: nothing to resume
+            and self.runner.state in (SessionState.OPEN, SessionState.DETACHED)
+        )
+
+    def _should_park(self, end: ConnectionEnd) -> bool:
+        """True when this connection end parks the session instead of closing it."""
+        return (
+            self.resumable
+            and end.kind in _PARKABLE
+            and self.state is KitSessionState.ACTIVE
+            and not self.admin_killed
+            and not self.registry.draining
+            and not self.runner.closing
+            and self.runner.state is SessionState.OPEN
+        )
+
+    def _park(self, end: ConnectionEnd) -> None:
+        """Start the TTL; the runner detaches the protocol session."""
+        self.set_state(KitSessionState.ORPHANED)
+        self.parking.park(time.monotonic())
+        self.attached.clear()  # EXPOSE accept loops pause: new connections wait in the backlog
+        ttl_s = self.settings.orphan_ttl_s
+        # A timer, not a group member: the group is the session's streams, which it may expire.
+        self.expiry = gevent.spawn_later(ttl_s, self._expire)
+        self.metrics.sessions_parked_total.inc()
+        log.info(
+            "session parked: id=%s reason=%s detail=%r ttl_s=%.1f streams=%d",
+            self.session_id,
+            end.kind.value,
+            end.detail,
+            ttl_s,
+            self.runner.stream_count,
+        )
+
+    def _expire(self) -> None:
+        """The TTL ran out: release everything the parked session held."""
+        if self.state is not KitSessionState.ORPHANED:
+            return
+        log.info("session expired: id=%s after %.1f s parked", self.session_id, self.parked_for_s())
+        self.metrics.sessions_closed_total.labels(reason="expired").inc()
+        self.expiry = None
+        self.release_all()  # release, then unlist: the views' FD sum stays exact
+        self.registry.remove(self)
+
+    def parked_for_s(self) -> float:
+        return self.parking.parked_for_s(time.monotonic())
+
+    def unpark(self, transport: Transport, request: ResumeRequest, peer_address: str) -> float:
+        """Serve the session on ``transport``, which resumed it. Returns the outage in seconds.
+        The caller runs the runner next."""
+        if self.expiry is not None:
+            self.expiry.kill(block=False)
+            self.expiry = None
+        outage_s = self.parked_for_s()
+        runner = self.runner
+        runner.resume(transport, self.build_welcome(resumed=True), request.received)
+        self.set_state(KitSessionState.ACTIVE)
+        self.parking.unpark()
+        self.peer_address = peer_address
+        self.attached.set()
+        runner.wake_streams()
+        return outage_s
 
     # -- RunnerDelegate ------------------------------------------------------------------------------
 
@@ -221,86 +366,70 @@ class KitSession:
         elif isinstance(event, StreamAccepted):
             started = self._open_started.pop(event.stream_id, None)
             if started is not None:
-                self.kit.metrics.stream_open_latency_seconds.observe(time.monotonic() - started)
+                self.metrics.stream_open_latency_seconds.observe(time.monotonic() - started)
         elif isinstance(event, StreamRefused):
-            self.kit.metrics.streams_refused_total.labels(reason=_code_name(event.error_code)).inc()
+            self.metrics.streams_refused_total.labels(reason=_label(event.error_code)).inc()
         elif isinstance(event, StreamReset):
             self._open_started.pop(event.stream_id, None)
-            # HTTP mode: the runner already called reset(); hand over the reason (the 502 page).
-            http_stream = self.http_streams.pop(event.stream_id, None)
-            if http_stream is not None:
-                http_stream.note_reset(event.error_code, event.reason)
         elif isinstance(event, PongReceived):
             self.rtt_s = event.rtt_s
         elif isinstance(event, GoAwayReceived):
-            self.close_reason = f"client goaway {_code_name(event.error_code)}"
-            self.kit.metrics.goaways_received_total.labels(code=_code_name(event.error_code)).inc()
-        elif isinstance(event, BindAccepted):  # pragma: no cover - client-side event
-            pass
+            self.close_reason = f"client goaway {_label(event.error_code)}"
+            self.metrics.goaways_received_total.labels(code=_label(event.error_code)).inc()
 
     def stream_opened(self, event: StreamOpened, pump: StreamPump) -> None:
         """A PULL stream from the client: dial the pull host."""
-        assert self.runner is not None
         binding = self.bindings.get(event.bind_id)
         if binding is None or binding.kind is not BindKind.PULL or binding.closed:
             self._refuse(pump, ErrorCode.NOT_FOUND, f"unknown PULL binding {event.bind_id}")
             return
         if not self.take_permit():
-            self.kit.metrics.fd_permit_exhausted_total.labels(path="pull").inc()
+            self.metrics.fd_permit_exhausted_total.labels(path="pull").inc()
             self._refuse(pump, ErrorCode.RESOURCE_EXHAUSTED, "no file descriptor permit left")
             return
         self._stream_permits.add(event.stream_id)
         binding.streams_opened += 1
-        self.kit.metrics.streams_opened_total.labels(kind="pull").inc()
+        self.metrics.streams_opened_total.labels(kind="pull").inc()
         self.runner.spawn(self._dial_pull, binding, pump)
 
     def _refuse(self, pump: StreamPump, code: ErrorCode, reason: str) -> None:
-        assert self.runner is not None
-        self.kit.metrics.streams_refused_total.labels(reason=code.name.lower()).inc()
+        self.metrics.streams_refused_total.labels(reason=_label(code)).inc()
         self.runner.reset_stream(pump.stream_id, code, reason)
-        pump.reset()
+        pump.reset(code, reason)
 
     def _dial_pull(self, binding: Binding, pump: StreamPump) -> None:
-        assert self.runner is not None
-        host = self.settings.pull_host
         try:
-            sock = binding_io.dial(host, binding.port, timeout_s=self.settings.connect_timeout_s)
+            sock = binding_io.dial(self.settings.pull_host, binding.port, timeout_s=self.settings.connect_timeout_s)
         except UpstreamError as exc:
-            self.kit.metrics.streams_refused_total.labels(reason="connect_failed").inc()
+            self.metrics.streams_refused_total.labels(reason="connect_failed").inc()
             self.runner.reset_stream(pump.stream_id, exc.error_code, str(exc))
-            pump.reset()
+            pump.reset(exc.error_code, str(exc))
             return
         if pump.finished:  # reset by the client while we dialled
             sock.close()
             return
         pump.connect(sock)
-        self.runner.session.accept_stream(pump.stream_id)
-        self.runner.flush()
+        self.runner.accept_stream(pump.stream_id)
 
     def connection_ended(self, end: ConnectionEnd) -> bool:
-        if resumption.should_park(self, end):
-            resumption.park(self, end)
+        if self._should_park(end):
+            self._park(end)
             return True
         return False  # Kit.serve() cleans up once run() returns
-
-    def parked_for_s(self) -> float:
-        return 0.0 if self.parked_at is None else time.monotonic() - self.parked_at
 
     def stream_finished(self, pump: StreamPump) -> None:
         if pump.stream_id in self._stream_permits:
             self._stream_permits.discard(pump.stream_id)
             self.give_permit()
-        self.kit.metrics.bytes_total.labels(direction="in").inc(pump.bytes_to_local)
-        self.kit.metrics.bytes_total.labels(direction="out").inc(pump.bytes_from_local)
+        self.metrics.bytes_total.labels(direction="in").inc(pump.bytes_to_local)
+        self.metrics.bytes_total.labels(direction="out").inc(pump.bytes_from_local)
 
     # -- bindings --------------------------------------------------------------------------------
 
     def _bind(self, request: BindRequest) -> None:
-        assert self.runner is not None
-        session = self.runner.session
         settings = self.settings
         kind, port = request.kind, request.port
-        if self.state is not SessionState.ACTIVE or session.goaway_sent is not None:
+        if self.state is not KitSessionState.ACTIVE or self.runner.goaway_sent:
             self._bind_error(request, ErrorCode.REFUSED, f"port {port}: the session is closing")
             return
         allowed = settings.expose_ports if kind is BindKind.EXPOSE else settings.pull_ports
@@ -312,15 +441,14 @@ class KitSession:
                 f"port {port}: not allowed (HOODY_TUNNEL_{variable}_PORTS is {allowed})",
             )
             return
-        bind_id = self.kit.registry.next_bind_id()
+        bind_id = self.registry.next_bind_id()
         binding = Binding(
             bind_id=bind_id, kind=kind, port=port, mode=request.mode, host_header=request.host_header
         )
-        if kind is BindKind.EXPOSE:
-            if not self._open_expose(request, binding):
-                return
+        if kind is BindKind.EXPOSE and not self._open_expose(request, binding):
+            return
         self.bindings[bind_id] = binding
-        session.send_bind_ok(
+        self.runner.send_bind_ok(
             BindResult(req_id=request.req_id, bind_id=bind_id, kind=kind, port=port, mode=request.mode)
         )
         log.info(
@@ -333,8 +461,7 @@ class KitSession:
         )
 
     def _open_expose(self, request: BindRequest, binding: Binding) -> bool:
-        assert self.runner is not None
-        registry = self.kit.registry
+        registry = self.registry
         port = request.port
         try:
             registry.claim_port(port, self.session_id)
@@ -344,7 +471,7 @@ class KitSession:
             return False
         if not self.take_permit():
             registry.release_port(port, self.session_id)
-            self.kit.metrics.fd_permit_exhausted_total.labels(path="listener").inc()
+            self.metrics.fd_permit_exhausted_total.labels(path="listener").inc()
             self._bind_error(request, ErrorCode.RESOURCE_EXHAUSTED, f"port {port}: no file descriptor permit left")
             return False
         try:
@@ -354,87 +481,25 @@ class KitSession:
             registry.release_port(port, self.session_id)
             self._bind_error(request, exc.error_code, str(exc))
             return False
-        binding.accept_greenlet = self.runner.spawn(self._accept_loop, binding)
+        binding.accept_greenlet = self.runner.spawn(expose.accept_loop, self, binding)
         return True
 
     def _bind_error(self, request: BindRequest, code: ErrorCode, message: str) -> None:
-        assert self.runner is not None
         log.info("bind refused: id=%s port=%d code=%s error=%r", self.session_id, request.port, code.name, message)
-        self.runner.session.send_bind_error(request.req_id, code, message)
+        self.runner.send_bind_error(request.req_id, code, message)
 
-    def open_expose_stream(self, binding: Binding, origin: str) -> StreamPump:
-        """Open a stream for a connection accepted on an EXPOSE binding, and count it."""
-        runner = self.runner
-        assert runner is not None
-        pump = runner.open_stream(binding.bind_id, origin)
+    def open_expose_stream(
+        self, binding: Binding, origin: str, *, pump_class: PumpClass = StreamPump, holds_permit: bool = False
+    ) -> StreamPump:
+        """Open a stream for a connection accepted on an EXPOSE binding, and count it
+        (:class:`~tunnel.server.bindings.ExposeHost`)."""
+        pump = self.runner.open_stream(binding.bind_id, origin, pump_class=pump_class)
+        if holds_permit:
+            self._stream_permits.add(pump.stream_id)
         self._open_started[pump.stream_id] = time.monotonic()
         binding.streams_opened += 1
-        self.kit.metrics.streams_opened_total.labels(kind="expose").inc()
+        self.metrics.streams_opened_total.labels(kind="expose").inc()
         return pump
-
-    def _accept_loop(self, binding: Binding) -> None:
-        """Accept EXPOSE connections, one stream each, within maxStreams and the FD budget."""
-        if binding.mode is BindMode.HTTP:
-            # HTTP mode (server/http_mode.py) parses requests: it answers 503 where tcp waits.
-            http_mode.accept_loop(self, binding)
-            return
-        runner = self.runner
-        assert runner is not None and binding.listener is not None
-        metrics = self.kit.metrics
-        while not binding.closed and not runner.ended:
-            conn = None
-            permit = False
-            try:
-                # While parked, stop accepting: new connections wait in the backlog (§7).
-                self.attached.wait()
-                # Take a permit only once a connection is waiting, so an idle listener holds
-                # just its own permit (connectionsGranted counts what is really open).
-                try:
-                    binding_io.wait_acceptable(binding.listener)
-                except UpstreamError:
-                    return  # the listener was closed (unbind, kill, end of session)
-                self.attached.wait()
-                if binding.closed:
-                    return
-                permit = self.take_permit()
-                if not permit:
-                    metrics.fd_permit_exhausted_total.labels(path="expose").inc()
-                    # Out of permits: stop accepting; connections wait in the kernel backlog (§9).
-                    permit = self.take_permit(wait=True)
-                try:
-                    conn, origin = binding_io.accept(binding.listener)
-                except UpstreamError as exc:
-                    if not binding.closed:
-                        log.warning("expose listener on port %d failed: %s", binding.port, exc)
-                    return
-                # At maxStreams the accepted connection waits here for a slot (later ones wait in
-                # the backlog), rather than being refused. While parked it waits for the resume.
-                if not self._wait_expose_slot(binding):
-                    return
-                pump = self.open_expose_stream(binding, origin)
-                self._stream_permits.add(pump.stream_id)
-                permit = False  # now owned by the stream: released in stream_finished
-                pump.connect(conn)
-                conn = None
-            finally:
-                # Killed (unbind, session end) or failed while holding a socket or a permit.
-                if conn is not None:
-                    conn.close()
-                if permit:
-                    self.give_permit()
-
-    def _wait_expose_slot(self, binding: Binding) -> bool:
-        """Wait until a stream may be opened for ``binding``; False once it never can."""
-        runner = self.runner
-        assert runner is not None
-        while True:
-            if binding.closed or self.state in (SessionState.CLOSING, SessionState.CLOSED):
-                return False
-            self.attached.wait()  # parked: until the resume (or the end, which sets it too)
-            if runner.wait_stream_slot() and not binding.closed:
-                return True
-            if not runner.detached:
-                return False  # the connection ended for good
 
     def _unbind(self, bind_id: int) -> None:
         binding = self.bindings.pop(bind_id, None)
@@ -453,7 +518,7 @@ class KitSession:
             binding.listener.close()
             binding.listener = None
             self.give_permit()
-            self.kit.registry.release_port(binding.port, self.session_id)
+            self.registry.release_port(binding.port, self.session_id)
 
     def stop_accepting(self) -> None:
         """Close every EXPOSE listener (admin kill, shutdown, end of session)."""
@@ -468,16 +533,13 @@ class KitSession:
         self.attached.set()  # wake paused accept loops so they see the end
         self.stop_accepting()
         self.bindings.clear()
-        if self.runner is not None:
-            self.runner.stop()
-        self.state = SessionState.CLOSED
+        self.runner.stop()
+        self.set_state(KitSessionState.CLOSED)
 
 
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name.lower()
-    except ValueError:
-        return "unknown"
+def _label(code: int) -> str:
+    """An error code as a metric label: bounded (a peer's unknown code is "unknown")."""
+    return (code_name(code) or "unknown").lower()
 
 
-__all__ = ["BindMode", "KitSession", "SessionState", "new_session_id"]
+__all__ = ["KitSession", "KitSessionState", "new_session_id", "protocol_session"]

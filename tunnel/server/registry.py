@@ -2,7 +2,7 @@
 
 One :class:`Registry` exists per kit (per app); nothing here is module-global.
 
-The FD budget (wire-protocol §9) is one :class:`gevent.lock.BoundedSemaphore`. Every descriptor
+The FD budget (docs/protocol.md §12) is one :class:`gevent.lock.BoundedSemaphore`. Every descriptor
 the kit opens for a session (its WebSocket, each EXPOSE listener, each stream's local socket) is
 covered by a permit, and each session counts the permits it holds. Acquiring or releasing a
 permit and updating that count never yields, so at every point another greenlet can observe,
@@ -12,12 +12,11 @@ permit and updating that count never yields, so at every point another greenlet 
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Iterator
+from typing import Generic, Iterator, Protocol, TypeVar
 
 from gevent.lock import BoundedSemaphore
 
-if TYPE_CHECKING:
-    from tunnel.server.kit_session import KitSession
+from tunnel.protocol import TunnelError
 
 
 class FdBudget:
@@ -43,37 +42,52 @@ class FdBudget:
         self._semaphore.release()
 
 
-class PortInUse(Exception):
+class PortInUse(TunnelError):
     """Another session already exposes that port (not an OS error: our own bookkeeping)."""
 
 
-class Registry:
-    """Sessions by id, bind ids, and which session exposes which container port."""
+class Listed(Protocol):
+    """What the registry needs of a session."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def permits_held(self) -> int: ...
+
+
+S = TypeVar("S", bound=Listed)
+
+
+class Registry(Generic[S]):
+    """Sessions by id, bind ids, which session exposes which container port, and the FD budget."""
 
     def __init__(self, fd_budget: int) -> None:
         self.budget = FdBudget(fd_budget)
-        self._sessions: dict[str, KitSession] = {}
+        self._sessions: dict[str, S] = {}
         self._bind_ids = itertools.count(1)
         self._exposed_ports: dict[int, str] = {}
+        #: SIGTERM: the kit takes no new sessions and parks or resumes none.
+        self.draining = False
 
-    def add(self, session: KitSession) -> None:
+    def add(self, session: S) -> None:
         self._sessions[session.session_id] = session
 
-    def remove(self, session: KitSession) -> None:
+    def remove(self, session: S) -> None:
         if self._sessions.get(session.session_id) is session:
             del self._sessions[session.session_id]
 
-    def get(self, session_id: str) -> KitSession | None:
+    def get(self, session_id: str) -> S | None:
         return self._sessions.get(session_id)
 
-    def __iter__(self) -> Iterator[KitSession]:
+    def __iter__(self) -> Iterator[S]:
         return iter(list(self._sessions.values()))
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def next_bind_id(self) -> int:
-        """A bind id unique across the whole process (wire-protocol §4)."""
+        """A bind id unique across the whole process (docs/protocol.md §6)."""
         return next(self._bind_ids)
 
     def claim_port(self, port: int, session_id: str) -> None:

@@ -22,13 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
-
 from tunnel.protocol import BindKind
-from tunnel.server.kit_session import KitSession, SessionState
-
-if TYPE_CHECKING:
-    from tunnel.server.kit import Kit
+from tunnel.server.kit import Kit
+from tunnel.server.kit_session import KitSession, KitSessionState
 
 __all__ = [
     "BindingView",
@@ -51,15 +47,15 @@ __all__ = [
 V2_PROTOCOL = "hoody-tunnel.v2"
 
 _STATE_TEXT = {
-    SessionState.HANDSHAKE: "active",
-    SessionState.ACTIVE: "active",
-    SessionState.ORPHANED: "orphaned",
-    SessionState.CLOSING: "closing",
-    SessionState.CLOSED: "closing",
+    KitSessionState.HANDSHAKE: "active",
+    KitSessionState.ACTIVE: "active",
+    KitSessionState.ORPHANED: "orphaned",
+    KitSessionState.CLOSING: "closing",
+    KitSessionState.CLOSED: "closing",
 }
 
 
-def session_state_text(state: SessionState) -> str:
+def session_state_text(state: KitSessionState) -> str:
     """The ``state`` the views show: ``"active"``, ``"orphaned"`` or ``"closing"``."""
     return _STATE_TEXT[state]
 
@@ -194,7 +190,7 @@ def _iso_utc(epoch_s: float) -> str:
 
 def _session_view(kit_session: KitSession, max_streams: int) -> SessionView:
     runner = kit_session.runner
-    stats = runner.session.statistics() if runner is not None else None
+    stats = runner.statistics()
     rtt_s = kit_session.rtt_s if kit_session.rtt_s is not None else (stats.rtt_s if stats else None)
     bindings = tuple(
         BindingView(

@@ -1,8 +1,9 @@
-"""Sessions for the admin API's unit tests: real KitSession objects, no network, no runner.
+"""Sessions for the admin API's unit tests: real KitSession objects, no network, never run.
 
 A KitSession built here holds real FD permits from its kit's budget (``take_permit``), real
-Binding objects, and a state; it has no runner, so it carries no streams or byte counts. That is
-all the views read, so the views, schemas and endpoints can be tested without a socket.
+Binding objects, and a state; its runner sits on an in-memory transport and is never run, so it
+carries no streams or byte counts. That is all the views read, so the views, schemas and
+endpoints can be tested without a socket.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from flask import Flask
 from tunnel.api import current_kit
 from tunnel.app import create_app
 from tunnel.config import Settings
-from tunnel.mux.runner import SessionRunner
+from tests.memory_transport import MemoryTransport
 from tunnel.protocol import BindKind, BindMode
 from tunnel.server.bindings import Binding
 from tunnel.server.kit import Kit
-from tunnel.server.kit_session import KitSession, SessionState
+from tunnel.server.kit_session import KitSession, KitSessionState, protocol_session
 
 ADMIN_TOKEN = "unit-admin-token-0123456789"
 CLIENT_TOKEN = "unit-client-token-0123456789"
@@ -41,15 +42,23 @@ def add_session(
     kit: Kit,
     *,
     protocol: str = "hoody-tunnel.v2",
-    state: SessionState = SessionState.ACTIVE,
+    state: KitSessionState = KitSessionState.ACTIVE,
     peer: str = "192.168.1.100:54321",
     bindings: tuple[tuple[BindKind, int, BindMode], ...] = (),
     extra_permits: int = 0,
     created_at: float | None = None,
 ) -> KitSession:
     """A session in ``kit``'s registry holding 1 + ``extra_permits`` permits + one per EXPOSE."""
-    session = KitSession(kit, SessionRunner, protocol=protocol, peer_address=peer, user_agent="ua/1")
-    session.state = state
+    session = KitSession(
+        kit.settings,
+        kit.metrics,
+        kit.registry,
+        protocol_session(kit.settings, protocol),
+        MemoryTransport(protocol),
+        peer_address=peer,
+        user_agent="ua/1",
+    )
+    session.set_state(state)
     session.client_name = "hoody-cli/1.0.0"
     if created_at is not None:
         session.created_at = created_at

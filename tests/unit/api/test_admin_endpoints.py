@@ -19,7 +19,7 @@ from tests.unit.api.admin_kit import ADMIN_TOKEN, AUTH, CLIENT_TOKEN, add_sessio
 from tunnel.api.auth import admin_token_matches
 from tunnel.protocol import BindKind, BindMode
 from tunnel.server.kit import Kit
-from tunnel.server.kit_session import KitSession, SessionState
+from tunnel.server.kit_session import KitSession, KitSessionState
 
 API = "/api/v1/tunnel"
 INVALID_GRACE = {"error": "Invalid grace_ms: must be between 0 and 5000"}
@@ -50,7 +50,7 @@ def populated(kit: Kit) -> tuple[KitSession, KitSession]:
         bindings=((BindKind.EXPOSE, 3000, BindMode.HTTP), (BindKind.PULL, 5432, BindMode.TCP)),
         created_at=1.0,
     )
-    second = add_session(kit, protocol="hoody-tunnel.v1", state=SessionState.ORPHANED, created_at=2.0)
+    second = add_session(kit, protocol="hoody-tunnel.v1", state=KitSessionState.ORPHANED, created_at=2.0)
     return first, second
 
 
@@ -150,7 +150,7 @@ def test_invalid_grace_ms_is_400_before_the_lookup(
     for session_id in ("sess_unknown", first.session_id):
         response = client.delete(f"{API}/sessions/{session_id}", query_string={"grace_ms": query}, headers=AUTH)
         assert (response.status_code, response.get_json()) == (400, INVALID_GRACE)
-    assert first.state is SessionState.ACTIVE
+    assert first.state is KitSessionState.ACTIVE
 
 
 def test_unknown_session_is_404(client: FlaskClient) -> None:
@@ -173,7 +173,7 @@ def test_kill_passes_the_grace_in_seconds_and_repeats_as_closing(
     expected = {"sessionId": first.session_id, "status": "closing"}
     response = client.delete(f"{API}/sessions/{first.session_id}?grace_ms=200", headers=AUTH)
     assert (response.status_code, response.get_json()) == (200, expected)
-    assert first.state is SessionState.CLOSING
+    assert first.state is KitSessionState.CLOSING
     again = client.delete(f"{API}/sessions/{first.session_id}", headers=AUTH)
     assert (again.status_code, again.get_json()) == (200, expected)
     assert calls == [(first.session_id, 0.2), (first.session_id, 0.05)]

@@ -8,7 +8,7 @@ import pytest
 
 from tests.unit.api.admin_kit import add_session, kit_of, make_app
 from tunnel.protocol import BindKind, BindMode
-from tunnel.server.kit_session import SessionState
+from tunnel.server.kit_session import KitSessionState
 from tunnel.server.views import (
     bindings_view,
     closing_view,
@@ -25,14 +25,14 @@ TCP, HTTP = BindMode.TCP, BindMode.HTTP
 @pytest.mark.parametrize(
     ("state", "text"),
     [
-        (SessionState.HANDSHAKE, "active"),
-        (SessionState.ACTIVE, "active"),
-        (SessionState.ORPHANED, "orphaned"),
-        (SessionState.CLOSING, "closing"),
-        (SessionState.CLOSED, "closing"),
+        (KitSessionState.HANDSHAKE, "active"),
+        (KitSessionState.ACTIVE, "active"),
+        (KitSessionState.ORPHANED, "orphaned"),
+        (KitSessionState.CLOSING, "closing"),
+        (KitSessionState.CLOSED, "closing"),
     ],
 )
-def test_every_kit_state_maps_to_one_of_the_three_view_states(state: SessionState, text: str) -> None:
+def test_every_kit_state_maps_to_one_of_the_three_view_states(state: KitSessionState, text: str) -> None:
     assert session_state_text(state) == text
 
 
@@ -52,12 +52,12 @@ def test_sessions_bindings_and_tunnels_from_one_snapshot(tmp_path: Path) -> None
     second = add_session(
         kit,
         protocol="hoody-tunnel.v1",
-        state=SessionState.ORPHANED,
+        state=KitSessionState.ORPHANED,
         bindings=((PULL, 6379, TCP),),
         extra_permits=2,
         created_at=200.0,
     )
-    handshake = add_session(kit, state=SessionState.HANDSHAKE, created_at=300.0)
+    handshake = add_session(kit, state=KitSessionState.HANDSHAKE, created_at=300.0)
 
     snapshot = take_snapshot(kit)
     sessions = sessions_view(snapshot)
@@ -96,7 +96,7 @@ def test_sessions_bindings_and_tunnels_from_one_snapshot(tmp_path: Path) -> None
 
 def test_views_only_read(tmp_path: Path) -> None:
     kit = kit_of(make_app(tmp_path))
-    session = add_session(kit, state=SessionState.CLOSING, bindings=((EXPOSE, 4000, TCP),))
+    session = add_session(kit, state=KitSessionState.CLOSING, bindings=((EXPOSE, 4000, TCP),))
     before = (session.state, dict(session.bindings), session.permits_held, kit.registry.budget.available)
     first = take_snapshot(kit)
     second = take_snapshot(kit)
