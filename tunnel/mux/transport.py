@@ -60,7 +60,6 @@ __all__ = [
     "format_address",
 ]
 
-#: wire-protocol.md §1: implied when the URL has no path.
 _IOV_MAX: Final = 1024  # iovecs per sendmsg() call (Linux IOV_MAX)
 _DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
 
