@@ -28,7 +28,7 @@ WS_TRY_AGAIN_LATER = 1013
 
 @dataclass(frozen=True, slots=True)
 class FdAccounting:
-    """A consistent snapshot of the FD budget (wire-protocol §9 invariant)."""
+    """A consistent snapshot of the FD budget (docs/protocol.md §12 invariant)."""
 
     budget: int
     available: int
@@ -83,7 +83,7 @@ class Kit:
             self.registry.remove(kit_session)
             return kit_session
         kit_session.state = SessionState.CLOSING
-        kit_session.admin_killed = True  # never parked, never resumable (wire-protocol §6)
+        kit_session.admin_killed = True  # never parked, never resumable (docs/protocol.md §11)
         kit_session.stop_accepting()
         self.metrics.goaways_sent_total.labels(code="admin_close").inc()
         log.info("session kill requested: id=%s grace_s=%.3f", session_id, grace_s)

@@ -70,7 +70,7 @@ class SessionState(enum.Enum):
 
 
 def new_session_id() -> str:
-    """``"sess_"`` + 12 lowercase hex digits from a CSPRNG (wire-protocol §3)."""
+    """``"sess_"`` + 12 lowercase hex digits from a CSPRNG (docs/protocol.md §5.2)."""
     return "sess_" + secrets.token_hex(6)
 
 
@@ -138,7 +138,7 @@ class KitSession:
     # -- handshake -------------------------------------------------------------------------------
 
     def watch_handshake(self) -> None:
-        """End the connection if no valid HELLO arrives in time (wire-protocol §3)."""
+        """End the connection if no valid HELLO arrives in time (docs/protocol.md §4)."""
         assert self.runner is not None
         if self._welcomed.wait(self.settings.handshake_timeout_s):
             return
@@ -385,7 +385,7 @@ class KitSession:
             conn = None
             permit = False
             try:
-                # While parked, stop accepting: new connections wait in the backlog (§7).
+                # While parked, stop accepting: new connections wait in the backlog (docs/protocol.md §13.1).
                 self.attached.wait()
                 # Take a permit only once a connection is waiting, so an idle listener holds
                 # just its own permit (connectionsGranted counts what is really open).
@@ -399,7 +399,7 @@ class KitSession:
                 permit = self.take_permit()
                 if not permit:
                     metrics.fd_permit_exhausted_total.labels(path="expose").inc()
-                    # Out of permits: stop accepting; connections wait in the kernel backlog (§9).
+                    # Out of permits: stop accepting; connections wait in the kernel backlog (docs/protocol.md §12).
                     permit = self.take_permit(wait=True)
                 try:
                     conn, origin = binding_io.accept(binding.listener)

@@ -2,7 +2,7 @@
 
 One :class:`Registry` exists per kit (per app); nothing here is module-global.
 
-The FD budget (wire-protocol §9) is one :class:`gevent.lock.BoundedSemaphore`. Every descriptor
+The FD budget (docs/protocol.md §12) is one :class:`gevent.lock.BoundedSemaphore`. Every descriptor
 the kit opens for a session (its WebSocket, each EXPOSE listener, each stream's local socket) is
 covered by a permit, and each session counts the permits it holds. Acquiring or releasing a
 permit and updating that count never yields, so at every point another greenlet can observe,
@@ -73,7 +73,7 @@ class Registry:
         return len(self._sessions)
 
     def next_bind_id(self) -> int:
-        """A bind id unique across the whole process (wire-protocol §4)."""
+        """A bind id unique across the whole process (docs/protocol.md §6.1)."""
         return next(self._bind_ids)
 
     def claim_port(self, port: int, session_id: str) -> None:

@@ -1,4 +1,4 @@
-"""Parking and resuming v2 sessions on the kit (wire-protocol §7; docs/protocol.md "Resume").
+"""Parking and resuming v2 sessions on the kit (docs/protocol.md §13).
 
 Parking: a v2 session whose WebSocket ends without a GOAWAY keeps its streams (their sockets,
 buffers and permits) and its bindings; its EXPOSE listeners stop accepting; the WebSocket's
@@ -41,7 +41,7 @@ _PARKABLE = frozenset({EndKind.PEER_CLOSED, EndKind.DEAD, EndKind.SEND_FAILED, E
 
 
 def new_resume_token() -> str:
-    """At least 128 bits from a CSPRNG, URL-safe base64 (wire-protocol §3): here 192."""
+    """At least 128 bits from a CSPRNG, URL-safe base64 (docs/protocol.md §13.3): here 192."""
     return secrets.token_urlsafe(24)
 
 
@@ -70,7 +70,7 @@ def token_matches(kit_session: KitSession, token: str) -> bool:
 
 
 def should_park(kit_session: KitSession, end: ConnectionEnd) -> bool:
-    """True when this connection end parks the session instead of closing it (§7)."""
+    """True when this connection end parks the session instead of closing it (docs/protocol.md §13.1)."""
     from tunnel.server.kit_session import SessionState
 
     runner = kit_session.runner
