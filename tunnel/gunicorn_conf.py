@@ -44,15 +44,18 @@ bind = [f"0.0.0.0:{_settings.port}"]
 # registry, the FD budget). gevent gives that worker thousands of concurrent connections.
 workers = 1
 # gevent-websocket's worker with our handler: the 101 waits until the view accepts with a chosen
-# subprotocol, so refusals (400 + x-hoody-tunnel-versions) go out as plain HTTP (docs/gevent-websocket.md §3).
+# subprotocol, so refusals (400 + x-hoody-tunnel-versions) go out as plain HTTP
+# (docs/gevent-websocket.md §3).
 worker_class = "tunnel.server.handler.TunnelWorker"
-# A full worker_connections pool leaves new connections hanging unanswered (docs/gevent-websocket.md §12); keep it
-# above the FD budget so admin/health requests still get through when every permit is taken.
+# A full worker_connections pool leaves new connections hanging unanswered
+# (docs/gevent-websocket.md §12); keep it above the FD budget so admin/health requests still get
+# through when every permit is taken.
 worker_connections = _settings.fd_budget + 256
 # Recycling a worker would kill every tunnel it holds (docs/gevent-websocket.md §12).
 max_requests = 0
 max_requests_jitter = 0
-# How long a SIGTERM'd worker drains its sessions before the master SIGKILLs it (docs/gevent-websocket.md §11).
+# How long a SIGTERM'd worker drains its sessions before the master SIGKILLs it
+# (docs/gevent-websocket.md §11).
 graceful_timeout = max(1, math.ceil(_settings.graceful_timeout_s))
 # The gevent worker heartbeats from its own loop every second, so a busy but healthy worker is
 # not killed by the default.

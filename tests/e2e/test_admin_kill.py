@@ -223,7 +223,8 @@ def park_a_session(kit: KitProcess) -> tuple[str, int]:
 def test_a_parked_session_is_listed_as_orphaned_everywhere(kit: KitProcess) -> None:
     session_id, port = park_a_session(kit)
     (session,) = admin_get(kit, "/sessions")["sessions"]
-    # Still listed, with its binding; it holds its listener's permit, not the WebSocket's (docs/protocol.md §12).
+    # Still listed, with its binding; it holds its listener's permit, not the WebSocket's
+    # (docs/protocol.md §12).
     assert (session["sessionId"], session["state"], session["connectionsGranted"]) == (
         session_id, "orphaned", 1
     )

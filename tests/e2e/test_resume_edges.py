@@ -227,7 +227,7 @@ class WireFrame:
 
 
 def wire_frames(message: bytes, version: int = 2) -> list[WireFrame]:
-    """Split one WebSocket message into frames by the docs/protocol.md §2.1 header (10 bytes, network order)."""
+    """Split one WebSocket message into frames by their 10-byte headers (docs/protocol.md §2.1)."""
     out: list[WireFrame] = []
     offset = 0
     while offset < len(message):

@@ -12,7 +12,8 @@ Once :meth:`StreamPump.connect` hands it a socket, two greenlets run in the sess
   which the runner sets on ``WindowUpdated``. Local EOF becomes an empty DATA with FIN.
 * the *downstream* greenlet writes what the reader greenlet queued with :meth:`deliver` to the
   local socket, and only then acknowledges it (``Session.acknowledge_data``), so the WINDOW the
-  peer gets reflects bytes really written (docs/protocol.md §8). The peer's FIN becomes ``shutdown(SHUT_WR)``.
+  peer gets reflects bytes really written (docs/protocol.md §8). The peer's FIN becomes
+  ``shutdown(SHUT_WR)``.
 
 The runner's reader greenlet only ever appends to ``_inbound`` and sets events: it never blocks on
 a local socket, so one slow local reader never stalls other streams.

@@ -6,10 +6,13 @@ after its deferred 101, the client builds one with `connect()`. It replaces geve
 WebSocket object, whose traps it fixes (comments cite the sections of docs/gevent-websocket.md):
 
 * every raw write (data messages, automatic pongs, close frames) passes through one
-  `gevent.lock.Semaphore` (docs/gevent-websocket.md §6), inside `gevent.Timeout(send_timeout_s)` (docs/gevent-websocket.md §7);
-* close frames carry ``!H`` code + reason and the received code is kept (docs/gevent-websocket.md §5);
+  `gevent.lock.Semaphore`, inside `gevent.Timeout(send_timeout_s)`
+  (docs/gevent-websocket.md §6, §7);
+* close frames carry ``!H`` code + reason and the received code is kept
+  (docs/gevent-websocket.md §5);
 * message sizes are checked from headers before payloads are read (docs/gevent-websocket.md §9);
-* the receiver yields after each message (docs/gevent-websocket.md §10);
+* the receiver yields after a budget of bytes or messages read back to back
+  (docs/gevent-websocket.md §10);
 * masking uses numpy (docs/gevent-websocket.md §4, §13).
 
 Concurrency: one greenlet reads (`receive_message`), any number may send. `close` may be called
@@ -67,7 +70,8 @@ _DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
 # == Errors ====================================================================================
 
 
-#: Fairness budget (docs/gevent-websocket.md §10): yield to other greenlets after this much read back to back.
+#: Fairness budget (docs/gevent-websocket.md §10): yield to other greenlets after this much read
+#: back to back.
 YIELD_AFTER_BYTES = 256 * 1024
 YIELD_AFTER_MESSAGES = 32
 
@@ -113,8 +117,8 @@ class MessageTooBig(TransportError):
 
 
 class SendTimeout(TransportError):
-    """A send did not complete within ``send_timeout_s`` (docs/gevent-websocket.md §7). The connection is dead
-    (a frame may be half written) and has been aborted."""
+    """A send did not complete within ``send_timeout_s`` (docs/gevent-websocket.md §7). The
+    connection is dead (a frame may be half written) and has been aborted."""
 
     def __init__(self, send_timeout_s: float) -> None:
         super().__init__(f"send did not complete within {send_timeout_s} s")
@@ -305,10 +309,10 @@ class SocketTransport:
                 raise TextMessageReceived(len(message.payload))
 
     def _maybe_yield(self, size: int) -> None:
-        """docs/gevent-websocket.md §10 (fairness): a peer that keeps the socket full must not starve the worker's
-        other connections. A read that blocks yields anyway; this yields after a budget of
-        bytes or messages read back to back (a hub round trip per tiny control message cost
-        more than it bought: it showed in connection-setup latency)."""
+        """Fairness (docs/gevent-websocket.md §10): a peer that keeps the socket full must not
+        starve the worker's other connections. A read that blocks yields anyway; this yields
+        after a budget of bytes or messages read back to back (a hub round trip per tiny control
+        message cost more than it bought: it showed in connection-setup latency)."""
         self._unyielded_bytes += size
         self._unyielded_messages += 1
         if self._unyielded_bytes >= YIELD_AFTER_BYTES or self._unyielded_messages >= YIELD_AFTER_MESSAGES:
@@ -387,7 +391,8 @@ class SocketTransport:
         return encode_frame_header(opcode, len(payload), mask_key=key) + bytes(masked or b"")
 
     def _write(self, buffers: list[bytes | bytearray | memoryview]) -> None:
-        """Write ``buffers`` under the write lock within send_timeout_s (docs/gevent-websocket.md §6, §7)."""
+        """Write ``buffers`` under the write lock within send_timeout_s
+        (docs/gevent-websocket.md §6, §7)."""
         if self._close_sent:  # also set by _abort
             raise self._ended or ConnectionClosed(self._close_code_received, "connection is closed")
         timer = gevent.Timeout(self.send_timeout_s)

@@ -10,14 +10,15 @@ message (fragments reassembled) or one control frame; control frames may arrive 
 fragments of a data message (RFC 6455 §5.4) and are returned as they come, the fragment state
 being kept for the next call.
 
-Every length is checked before any payload byte is read (docs/protocol.md §1.2, docs/gevent-websocket.md §9): a header
-claiming 8 GiB, or a fragment that would take the running total over ``max_message_size``, raises
-`OversizeMessageError` while the payload still sits in the socket.
+Every length is checked before any payload byte is read (docs/protocol.md §1.2,
+docs/gevent-websocket.md §9): a header claiming 8 GiB, or a fragment that would take the running
+total over ``max_message_size``, raises `OversizeMessageError` while the payload still sits in
+the socket.
 
-(Un)masking (RFC 6455 §5.3) never loops over bytes in Python (docs/gevent-websocket.md §4): payloads of 512 bytes or
-more are XORed by numpy as uint32 words against the mask key viewed as one native uint32 (both
-sides share the native byte order, so the XOR is bytewise correct); the 0-3 byte tail and short
-payloads are XORed as one big integer.
+(Un)masking (RFC 6455 §5.3) never loops over bytes in Python (docs/gevent-websocket.md §4):
+payloads of 512 bytes or more are XORed by numpy as uint32 words against the mask key viewed as
+one native uint32 (both sides share the native byte order, so the XOR is bytewise correct); the
+0-3 byte tail and short payloads are XORed as one big integer.
 """
 
 from __future__ import annotations

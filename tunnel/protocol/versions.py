@@ -3,7 +3,8 @@
 The version is the negotiated WebSocket subprotocol, not a header byte (docs/protocol.md §1.1, §2.1).
 The client lists what it speaks in ``Sec-WebSocket-Protocol``; the server picks the highest
 version it supports among those offered, comparing whole tokens. gevent-websocket's stock handler
-matched by substring, so ``hoody-tunnel.v10`` passed for ``v1`` (docs/gevent-websocket.md §3); here it never does.
+matched by substring, so ``hoody-tunnel.v10`` passed for ``v1`` (docs/gevent-websocket.md §3);
+here it never does.
 """
 
 from __future__ import annotations

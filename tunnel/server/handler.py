@@ -1,4 +1,5 @@
-"""The server's WebSocket handler and gunicorn worker: the 101 waits for the view (docs/gevent-websocket.md §3).
+"""The server's WebSocket handler and gunicorn worker: the 101 waits for the view
+(docs/gevent-websocket.md §3).
 
 gevent-websocket's `WebSocketHandler.run_application` sends ``101 Switching Protocols`` before the
 application runs and picks a subprotocol by substring (``hoody-tunnel.v10`` matches ``v1``), so

@@ -399,7 +399,8 @@ class KitSession:
                 permit = self.take_permit()
                 if not permit:
                     metrics.fd_permit_exhausted_total.labels(path="expose").inc()
-                    # Out of permits: stop accepting; connections wait in the kernel backlog (docs/protocol.md §12).
+                    # Out of permits: stop accepting; connections wait in the kernel backlog
+                    # (docs/protocol.md §12).
                     permit = self.take_permit(wait=True)
                 try:
                     conn, origin = binding_io.accept(binding.listener)
