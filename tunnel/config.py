@@ -24,7 +24,7 @@ __all__ = ["ConfigError", "PortRanges", "Settings", "default_state_dir"]
 MIN_WINDOW_SIZE = 16 * 1024
 MAX_WINDOW_SIZE = 16 * 1024 * 1024
 MIN_FRAME_SIZE = 16 * 1024
-# A frame (10-byte header + payload) must fit in one 4 MiB WebSocket message (wire-protocol.md §1-2).
+# A frame (10-byte header + payload) must fit in one 4 MiB WebSocket message (docs/protocol.md §1.2, §2.1).
 MAX_FRAME_SIZE = 4 * 1024 * 1024 - 10
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -37,7 +37,7 @@ class ConfigError(TunnelError):
 
 @dataclass(frozen=True, slots=True)
 class PortRanges:
-    """A set of TCP ports, parsed from comma-separated items ``N`` or ``N-M`` (wire-protocol.md §4).
+    """A set of TCP ports, parsed from comma-separated items ``N`` or ``N-M`` (docs/protocol.md §6.1).
 
     ``port in ranges`` tests membership; ``str(ranges)`` gives the canonical text form.
     """
@@ -281,7 +281,7 @@ def _check_duration(spec: _IntSpec, value_s: object) -> None:
 
 
 def _check_token(env_name: str, token: object) -> None:
-    # Never echo the value: tokens must not reach a log line (wire-protocol.md §3).
+    # Never echo the value: tokens must not reach a log line (docs/protocol.md §4).
     if not isinstance(token, str) or not token:
         raise ConfigError(f"{env_name}: tokens must be non-empty strings")
     if any(ch.isspace() or not ch.isprintable() for ch in token):

@@ -44,21 +44,24 @@ bind = [f"0.0.0.0:{_settings.port}"]
 # registry, the FD budget). gevent gives that worker thousands of concurrent connections.
 workers = 1
 # gevent-websocket's worker with our handler: the 101 waits until the view accepts with a chosen
-# subprotocol, so refusals (400 + x-hoody-tunnel-versions) go out as plain HTTP (traps: 3).
+# subprotocol, so refusals (400 + x-hoody-tunnel-versions) go out as plain HTTP
+# (docs/gevent-websocket.md §3).
 worker_class = "tunnel.server.handler.TunnelWorker"
-# A full worker_connections pool leaves new connections hanging unanswered (traps: 12); keep it
-# above the FD budget so admin/health requests still get through when every permit is taken.
+# A full worker_connections pool leaves new connections hanging unanswered
+# (docs/gevent-websocket.md §12); keep it above the FD budget so admin/health requests still get
+# through when every permit is taken.
 worker_connections = _settings.fd_budget + 256
-# Recycling a worker would kill every tunnel it holds (traps: 12).
+# Recycling a worker would kill every tunnel it holds (docs/gevent-websocket.md §12).
 max_requests = 0
 max_requests_jitter = 0
-# How long a SIGTERM'd worker drains its sessions before the master SIGKILLs it (traps: 11).
+# How long a SIGTERM'd worker drains its sessions before the master SIGKILLs it
+# (docs/gevent-websocket.md §11).
 graceful_timeout = max(1, math.ceil(_settings.graceful_timeout_s))
 # The gevent worker heartbeats from its own loop every second, so a busy but healthy worker is
 # not killed by the default.
 timeout = 30
 # gunicorn >= 25.1 creates a control socket under $XDG_RUNTIME_DIR or ~/.gunicorn by default;
-# two instances would share it, and we never use it (traps: 12).
+# two instances would share it, and we never use it (docs/gevent-websocket.md §12).
 control_socket_disable = True
 # Never import the app in the master: it would run before the worker's gevent patch_all().
 preload_app = False
@@ -130,7 +133,7 @@ logconfig_dict = {
 
 
 def post_worker_init(worker: Any) -> None:
-    """Drain sessions on SIGTERM instead of letting the master SIGKILL them (traps: 11).
+    """Drain sessions on SIGTERM instead of letting the master SIGKILL them (docs/gevent-websocket.md §11).
 
     SIGTERM only sets ``worker.alive = False``; the gevent worker then stops accepting and waits
     up to graceful_timeout for open connections. A watcher greenlet turns that into

@@ -1,6 +1,6 @@
 """Helpers of the admin e2e tests: admin requests, polling, metrics, the CLI, a wire-level client.
 
-The wire-level client speaks the frames of wire-protocol.md §2 by hand (10-byte header, JSON
+The wire-level client speaks the frames of docs/protocol.md §2 by hand (10-byte header, JSON
 payloads, GOAWAY = u16 code + UTF-8 reason) over the project's WebSocket transport, so what a
 test asserts about GOAWAY is what is on the wire, not what our protocol package decodes.
 """
@@ -112,7 +112,7 @@ def run_cli(kit: KitProcess | None, *args: str, env: dict[str, str] | None = Non
     return CliResult(result.returncode, result.stdout, result.stderr)
 
 
-# -- the wire, by hand (wire-protocol.md §2) ----------------------------------------------------
+# -- the wire, by hand (docs/protocol.md §2) ----------------------------------------------------
 
 HEADER = struct.Struct("!BBII")
 HELLO, WELCOME, BIND, BIND_OK, BIND_ERR = 0x01, 0x02, 0x03, 0x04, 0x05

@@ -17,7 +17,7 @@ forwarded to the kit. The test can then break the network in the ways a real one
 
 To find tunnel frames the proxy watches each direction passively: the HTTP upgrade up to the
 blank line, then RFC 6455 frames (unmasking only the bytes of tunnel frame headers), then the
-10-byte tunnel frame headers inside binary messages (wire-protocol.md §2). It never changes a
+10-byte tunnel frame headers inside binary messages (docs/protocol.md §2.1). It never changes a
 byte it forwards.
 
 Directions: ``"up"`` is client -> kit, ``"down"`` is kit -> client, ``"any"`` is either.
@@ -46,7 +46,7 @@ _READ_SIZE = 256 * 1024
 _BUFFER_LIMIT = 1024 * 1024  # stop reading a side while this much waits to be written
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
-# Tunnel frame types (wire-protocol.md §2), for describing cuts.
+# Tunnel frame types (docs/protocol.md §2.2), for describing cuts.
 FRAME_NAMES = {
     0x01: "HELLO", 0x02: "WELCOME", 0x03: "BIND", 0x04: "BIND_OK", 0x05: "BIND_ERR",
     0x06: "UNBIND", 0x10: "OPEN", 0x11: "OPEN_OK", 0x12: "DATA", 0x13: "WINDOW", 0x14: "RST",

@@ -188,7 +188,7 @@ def test_fd_invariant_with_no_session_idle_bindings_and_streams(make_kit: MakeKi
     try:
         bound = check_fd_invariant(kit, FD_BUDGET)
         granted = {s["protocol"]: s["connectionsGranted"] for s in bound["sessions"]}
-        # The WebSocket, plus the EXPOSE listener (wire-protocol §9); a PULL binding holds none.
+        # The WebSocket, plus the EXPOSE listener (docs/protocol.md §12); a PULL binding holds none.
         assert granted == {"hoody-tunnel.v2": 2, "hoody-tunnel.v1": 1}
         assert bound["fdPermitsAvailable"] == FD_BUDGET - 3
 

@@ -205,7 +205,7 @@ def park_a_session(kit: KitProcess) -> tuple[str, int]:
     session_id = wire.hello(kit.client_token or "")["sessionId"]
     port = free_port_candidate()
     wire.bind("EXPOSE", port)
-    wire.transport.abort()  # TCP gone, no GOAWAY, no close frame (wire-protocol §7)
+    wire.transport.abort()  # TCP gone, no GOAWAY, no close frame (docs/protocol.md §13.1)
 
     def parked() -> bool:
         tunnels = admin_get(kit, "/tunnels")
@@ -223,7 +223,8 @@ def park_a_session(kit: KitProcess) -> tuple[str, int]:
 def test_a_parked_session_is_listed_as_orphaned_everywhere(kit: KitProcess) -> None:
     session_id, port = park_a_session(kit)
     (session,) = admin_get(kit, "/sessions")["sessions"]
-    # Still listed, with its binding; it holds its listener's permit, not the WebSocket's (§9).
+    # Still listed, with its binding; it holds its listener's permit, not the WebSocket's
+    # (docs/protocol.md §12).
     assert (session["sessionId"], session["state"], session["connectionsGranted"]) == (
         session_id, "orphaned", 1
     )

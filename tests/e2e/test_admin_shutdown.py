@@ -1,6 +1,6 @@
 """Graceful shutdown (SIGTERM), seen from the wire and from the admin views.
 
-wire-protocol.md §6: on SIGTERM the kit sends GOAWAY(SHUTDOWN, "server shutting down") to every
+docs/protocol.md §11: on SIGTERM the kit sends GOAWAY(SHUTDOWN, "server shutting down") to every
 session, lets open streams drain (up to gunicorn's graceful_timeout, less a margin), closes each
 WebSocket with 1001, and exits. Until the signal, the kit's views show the session as usual.
 """

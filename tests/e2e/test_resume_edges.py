@@ -1,4 +1,4 @@
-"""Resume edges (wire-protocol.md §6, §7, §9) against a real gunicorn kit and the real CLI.
+"""Resume edges (docs/protocol.md §11, §12, §13) against a real gunicorn kit and the real CLI.
 
 * the proxy itself cuts where it is told (the tool the other tests trust);
 * a parked session: ``state: "orphaned"``, bindings kept, the WebSocket's permit released,
@@ -118,7 +118,7 @@ def wait_gone(kit: KitProcess, session_id: str, timeout_s: float = 10) -> list[s
 
 
 def tunnels_checked(kit: KitProcess) -> dict[str, Any]:
-    """GET /tunnels with the FD invariant of §9 asserted."""
+    """GET /tunnels with the FD invariant of docs/protocol.md §12 asserted."""
     body = admin(kit, "/tunnels")
     granted = sum(s["connectionsGranted"] for s in body["sessions"])
     assert body["fdPermitsAvailable"] + granted == body["fdBudget"], body
@@ -227,7 +227,7 @@ class WireFrame:
 
 
 def wire_frames(message: bytes, version: int = 2) -> list[WireFrame]:
-    """Split one WebSocket message into frames by the §2 header (10 bytes, network order)."""
+    """Split one WebSocket message into frames by their 10-byte headers (docs/protocol.md §2.1)."""
     out: list[WireFrame] = []
     offset = 0
     while offset < len(message):

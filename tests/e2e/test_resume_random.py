@@ -1,4 +1,4 @@
-"""Resume under random connection cuts (wire-protocol.md §7): nothing lost, duplicated, reordered.
+"""Resume under random connection cuts (docs/protocol.md §13.9): nothing lost, duplicated, reordered.
 
 One real CLI client reaches the kit through :class:`~tests.e2e.fault_proxy.FaultProxy` with a
 PULL and an EXPOSE binding. Several streams on each path move at least 16 MiB each way (per

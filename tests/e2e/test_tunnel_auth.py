@@ -1,4 +1,4 @@
-"""Authentication and the handshake deadline (wire-protocol.md §3).
+"""Authentication and the handshake deadline (docs/protocol.md §4).
 
 A missing, empty or wrong token: GOAWAY(AUTH_FAILED, "invalid token"), then close 1008; the CLI
 says the token was refused and exits 4. No HELLO within the handshake timeout: GOAWAY(TIMEOUT),

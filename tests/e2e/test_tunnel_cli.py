@@ -227,7 +227,7 @@ def test_a_peer_that_stops_answering_is_dropped_after_three_heartbeats(
         session_id = raw.hello(kit.client_token)["sessionId"]
         welcomed = time.monotonic()
         # From now on the raw client neither reads nor writes. v1: the session is closed;
-        # v2: it is parked for a resume (wire-protocol.md §6, §7).
+        # v2: it is parked for a resume (docs/protocol.md §10, §13.1).
         wait_kit_log(kit, rf"session (closed|parked): id={session_id} [^\n]*reason=dead", timeout_s=10)
         dropped_after_s = time.monotonic() - welcomed
         # Nothing was received since the HELLO: not dead before 3 x heartbeat (some slack for

@@ -1,4 +1,4 @@
-"""A misbehaving session ends alone (wire-protocol.md §1, §2, §6).
+"""A misbehaving session ends alone (docs/protocol.md §1, §2, §3).
 
 While a CLI client moves 32 MiB each way through PULL, a raw client in another session sends
 something invalid: a text message, garbage bytes, a frame over maxFrame, or a WebSocket message

@@ -1,4 +1,4 @@
-"""Limits: maxStreams and the FD budget, on every path (wire-protocol.md §5, §9).
+"""Limits: maxStreams and the FD budget, on every path (docs/protocol.md §7.6, §12).
 
 maxStreams: a raw client that opens one stream too many gets RST(REFUSED); the CLI instead holds
 the extra local connection until a slot frees.

@@ -271,7 +271,7 @@ def connect_local(port: int, timeout_s: float = 10.0) -> socket.socket:
 
 # == Additions for the tunnel acceptance tests (tests/e2e/test_tunnel_*.py) ===================
 #
-# A raw protocol client written from wire-protocol.md and RFC 6455 alone (blocking stdlib
+# A raw protocol client written from docs/protocol.md and RFC 6455 alone (blocking stdlib
 # sockets, no tunnel.* import): it checks the kit against the binding spec the way an
 # independent client (the customer's SDK) would, and it can misbehave on purpose (text
 # messages, garbage, oversized frames and messages, silence).
@@ -288,7 +288,7 @@ CONNECT_PATH = "/api/v1/tunnel/connect"
 TUNNELS_PATH = "/api/v1/tunnel/tunnels"
 METRICS_PATH = "/api/v1/tunnel/metrics"
 
-# Frame types (wire-protocol.md §2).
+# Frame types (docs/protocol.md §2.2).
 HELLO, WELCOME, BIND, BIND_OK, BIND_ERR, UNBIND = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 OPEN, OPEN_OK, DATA, WINDOW, RST = 0x10, 0x11, 0x12, 0x13, 0x14
 PING, PONG, GOAWAY = 0x20, 0x21, 0x30
@@ -299,7 +299,7 @@ FRAME_NAMES = {
     RST: "RST", PING: "PING", PONG: "PONG", GOAWAY: "GOAWAY",
 }
 
-# Error codes (wire-protocol.md §8).
+# Error codes (docs/protocol.md §3.1).
 NORMAL, ADMIN_CLOSE, PROTOCOL_ERROR, SHUTDOWN, AUTH_FAILED, TIMEOUT = 0, 1, 2, 3, 4, 5
 REFUSED, RESOURCE_EXHAUSTED, CONNECT_FAILED, FLOW_CONTROL_ERROR = 6, 7, 8, 9
 NOT_FOUND, FORBIDDEN, SUPERSEDED, RESUME_FAILED, STREAM_CLOSED, PORT_IN_USE = 10, 11, 12, 13, 14, 15
@@ -598,7 +598,7 @@ def tunnels_view(kit: KitProcess) -> HttpReply:
 
 
 def check_fd_invariant(reply: HttpReply, budget: int) -> dict[str, _Any]:
-    """Assert wire-protocol §9: fdPermitsAvailable + Σ connectionsGranted == budget."""
+    """Assert docs/protocol.md §12: fdPermitsAvailable + Σ connectionsGranted == budget."""
     assert reply.status == 200, f"GET {TUNNELS_PATH} answered {reply.status}: {reply.body[:300]!r}"
     body = reply.json()
     granted = [session["connectionsGranted"] for session in body["sessions"]]

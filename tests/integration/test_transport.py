@@ -345,7 +345,7 @@ def test_header_claiming_8_gib_gets_1009_at_once(server: Server) -> None:
 
 
 def test_chosen_subprotocol_is_echoed_exactly(server: Server, client_factory: Callable[..., SocketTransport]) -> None:
-    # Trap 3: "hoody-tunnel.v10" must not match "hoody-tunnel.v1" by substring.
+    # docs/gevent-websocket.md §3: "hoody-tunnel.v10" must not match "hoody-tunnel.v1" by substring.
     client = client_factory(subprotocols=("hoody-tunnel.v10", "hoody-tunnel.v1"))
     assert client.subprotocol == "hoody-tunnel.v1"
     assert client_factory(subprotocols=("hoody-tunnel.v1", "hoody-tunnel.v2")).subprotocol == "hoody-tunnel.v2"

@@ -1,8 +1,9 @@
-"""GET /api/v1/tunnel/connect: the WebSocket control plane (admin-api.md, wire-protocol.md §1).
+"""GET /api/v1/tunnel/connect: the WebSocket control plane (admin-api.md, docs/protocol.md §1.1).
 
-Two rules on one path (traps: 2). Werkzeug 3 routes a WebSocket upgrade request only to a rule
-declared ``websocket=True``; without one it raises WebsocketMismatch. A plain rule on the same
-path catches every other request, so a plain GET gets its 426 from this view too.
+Two rules on one path (docs/gevent-websocket.md §2). Werkzeug 3 routes a WebSocket upgrade
+request only to a rule declared ``websocket=True``; without one it raises WebsocketMismatch. A
+plain rule on the same path catches every other request, so a plain GET gets its 426 from this
+view too.
 
 The view decides before anything is sent. Our gunicorn handler (tunnel.server.handler) validates
 the upgrade and puts ``environ["hoody_tunnel.websocket_accept"]``, a callable
@@ -10,7 +11,7 @@ the upgrade and puts ``environ["hoody_tunnel.websocket_accept"]``, a callable
 view calls it. Refusals are therefore plain HTTP responses:
 
 - kit draining (SIGTERM): 503 ``server shutting down``, before any 101;
-- no supported subprotocol offered: 400 + ``x-hoody-tunnel-versions``, never 101 (§1);
+- no supported subprotocol offered: 400 + ``x-hoody-tunnel-versions``, never 101 (docs/protocol.md §1.1);
 - an ``Upgrade`` header but no accept callable (the handler found the upgrade invalid): 400;
 - no upgrade at all: 426 with ``Upgrade: websocket``.
 """

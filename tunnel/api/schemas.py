@@ -74,7 +74,7 @@ class HealthSchema(Schema):
 # ``required``: the OpenAPI document (tunnel.api.openapi) lists them as such, and clients may
 # rely on each key being present (null where the type says so).
 
-#: Session states the views show (admin-api.md "our decisions"; wire-protocol §9).
+#: Session states the views show (admin-api.md "our decisions"; docs/operations.md).
 SESSION_STATES = ("active", "orphaned", "closing")
 BIND_KINDS = ("EXPOSE", "PULL")
 BIND_MODES = ("tcp", "http")
@@ -199,7 +199,7 @@ class TunnelsOverviewSchema(Schema):
     total_bindings = fields.Integer(required=True, data_key="totalBindings")
     total_streams = fields.Integer(required=True, data_key="totalStreams")
     sessions = fields.List(fields.Nested(TunnelSessionViewSchema), required=True)
-    # Ours: fdPermitsAvailable + sum(connectionsGranted) == fdBudget (wire-protocol §9).
+    # Ours: fdPermitsAvailable + sum(connectionsGranted) == fdBudget (docs/protocol.md §12).
     fd_budget = fields.Integer(
         required=True,
         data_key="fdBudget",

@@ -1,7 +1,7 @@
 """GET /api/v1/tunnel/tunnels: sessions with expose/pull bindings, totals and the FD budget.
 
 ``fdPermitsAvailable + sum(connectionsGranted) == fdBudget`` within one answer
-(wire-protocol §9; ``fdBudget`` is our extra field): the view is one snapshot of the kit.
+(docs/protocol.md §12; ``fdBudget`` is our extra field): the view is one snapshot of the kit.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ class TunnelClient:
             self._close_local_listeners()
             self.group.kill(block=True, timeout=5)
 
-    # -- resume (wire-protocol §7) -------------------------------------------------------------
+    # -- resume (docs/protocol.md §13) -------------------------------------------------------------
 
     def _resume_session(self, runner: SessionRunner) -> ConnectionEnd:
         """Resume the parked session on a new connection and serve until that one ends.
@@ -540,7 +540,7 @@ class TunnelClient:
                 result.set(event)
         elif isinstance(event, GoAwayReceived):
             self._goaway = event
-            self._serving.clear()  # no new streams on this session (§6)
+            self._serving.clear()  # no new streams on this session (docs/protocol.md §11)
             self._handshake.set(Outcome.GOAWAY)
             if event.error_code == ErrorCode.ADMIN_CLOSE:
                 self._say(f"hoody-tunnel: {event.reason or 'closed by admin'}", err=True)
@@ -563,7 +563,7 @@ class TunnelClient:
         if goaway is not None:
             code = goaway.error_code
             if code == ErrorCode.ADMIN_CLOSE:
-                return EXIT_ADMIN_CLOSE  # the operator meant it: never reconnect (§6)
+                return EXIT_ADMIN_CLOSE  # the operator meant it: never reconnect (docs/protocol.md §11)
             if code == ErrorCode.AUTH_FAILED:
                 return EXIT_AUTH
             if code == ErrorCode.PROTOCOL_ERROR:

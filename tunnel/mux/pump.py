@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A :class:`StreamPump` exists from the moment a stream is known to the driver (opened by us, or
 announced by the peer), even before its local socket is connected: DATA that arrives early is held
-in ``_inbound`` (the peer's credit bounds it to one window, wire-protocol §5 "early data").
+in ``_inbound`` (the peer's credit bounds it to one window, docs/protocol.md §7.1 "early data").
 Once :meth:`StreamPump.connect` hands it a socket, two greenlets run, spawned through its
 :class:`StreamOwner` (the runner), so an unexpected exception in either fails the session:
 
@@ -13,7 +13,7 @@ Once :meth:`StreamPump.connect` hands it a socket, two greenlets run, spawned th
   which the runner sets on ``WindowUpdated``. Local EOF becomes an empty DATA with FIN.
 * the *downstream* greenlet writes what the reader greenlet queued with :meth:`deliver` to the
   local socket, and only then acknowledges it (``Session.acknowledge_data``), so the WINDOW the
-  peer gets reflects bytes really written (§5). The peer's FIN becomes ``shutdown(SHUT_WR)``.
+  peer gets reflects bytes really written (docs/protocol.md §8). The peer's FIN becomes ``shutdown(SHUT_WR)``.
 
 The runner's reader greenlet only ever appends to ``_inbound`` and sets events: it never blocks on
 a local socket, so one slow local reader never stalls other streams.

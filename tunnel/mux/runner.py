@@ -6,11 +6,11 @@ Three greenlets serve the connection, all in the runner's :class:`gevent.pool.Gr
 
 * the **reader** takes one WebSocket message at a time from the transport, feeds it to the
   session and dispatches the resulting events. It never blocks on anything but the transport:
-  stream data is appended to a pump's queue, credit updates set an event (wire-protocol §5).
+  stream data is appended to a pump's queue, credit updates set an event (docs/protocol.md §8).
 * the **writer** is the only greenlet that writes to the transport. Whoever changes the session
   (reader, pumps, timer, an admin call) calls :meth:`SessionRunner.flush`, which wakes it; it then
   drains ``messages_to_send`` in bounded batches so control frames queued meanwhile go first.
-* the **timer** calls ``handle_timer`` at the session's next deadline (heartbeat, §6).
+* the **timer** calls ``handle_timer`` at the session's next deadline (heartbeat, docs/protocol.md §10).
 
 Calls into a Session never yield, so each is atomic under gevent; only transport writes need
 serialising, and the single writer does that.

@@ -3,14 +3,17 @@
 `SocketTransport` speaks RFC 6455 itself (framing in `tunnel.mux.websocket`) over a buffered
 reader and a gevent socket, for both ends: the server handler (tunnel/server/handler.py) builds one
 after its deferred 101, the client builds one with `connect()`. It replaces gevent-websocket's
-WebSocket object, whose traps it fixes (see the trap numbers in comments):
+WebSocket object, whose traps it fixes (comments cite the sections of docs/gevent-websocket.md):
 
 * every raw write (data messages, automatic pongs, close frames) passes through one
-  `gevent.lock.Semaphore` (trap 6), inside `gevent.Timeout(send_timeout_s)` (trap 7);
-* close frames carry ``!H`` code + reason and the received code is kept (trap 5);
-* message sizes are checked from headers before payloads are read (trap 9);
-* the receiver yields after each message (trap 10);
-* masking uses numpy (traps 4 and 13).
+  `gevent.lock.Semaphore`, inside `gevent.Timeout(send_timeout_s)`
+  (docs/gevent-websocket.md §6, §7);
+* close frames carry ``!H`` code + reason and the received code is kept
+  (docs/gevent-websocket.md §5);
+* message sizes are checked from headers before payloads are read (docs/gevent-websocket.md §9);
+* the receiver yields after a budget of bytes or messages read back to back
+  (docs/gevent-websocket.md §10);
+* masking uses numpy (docs/gevent-websocket.md §4, §13).
 
 Concurrency: one greenlet reads (`receive_message`), any number may send. `close` may be called
 from any greenlet; it wakes a blocked reader by shutting the socket down.
@@ -61,7 +64,6 @@ __all__ = [
     "format_address",
 ]
 
-#: wire-protocol.md §1: implied when the URL has no path.
 _IOV_MAX: Final = 1024  # iovecs per sendmsg() call (Linux IOV_MAX)
 _DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
 
@@ -69,7 +71,8 @@ _DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
 # == Errors ====================================================================================
 
 
-#: Fairness budget (trap 10): yield to other greenlets after this much read back to back.
+#: Fairness budget (docs/gevent-websocket.md §10): yield to other greenlets after this much read
+#: back to back.
 YIELD_AFTER_BYTES = 256 * 1024
 YIELD_AFTER_MESSAGES = 32
 
@@ -97,7 +100,7 @@ class ProtocolViolation(ConnectionClosed):
 
 
 class TextMessageReceived(TransportError):
-    """A text message arrived (wire-protocol.md §1: only binary messages are valid). The
+    """A text message arrived (docs/protocol.md §1.2: only binary messages are valid). The
     connection is still open; the caller decides how to end it."""
 
     def __init__(self, message_size: int) -> None:
@@ -115,8 +118,8 @@ class MessageTooBig(TransportError):
 
 
 class SendTimeout(TransportError):
-    """A send did not complete within ``send_timeout_s`` (trap 7). The connection is dead
-    (a frame may be half written) and has been aborted."""
+    """A send did not complete within ``send_timeout_s`` (docs/gevent-websocket.md §7). The
+    connection is dead (a frame may be half written) and has been aborted."""
 
     def __init__(self, send_timeout_s: float) -> None:
         super().__init__(f"send did not complete within {send_timeout_s} s")
@@ -230,7 +233,7 @@ class SocketTransport:
             expect_masked=not mask_outgoing,
             max_message_size=max_message_size,
         )
-        # Trap 6: the one lock that every raw write goes through.
+        # docs/gevent-websocket.md §6: the one lock that every raw write goes through.
         self._write_lock = gevent.lock.Semaphore(1)
         # SSL sockets have no sendmsg(); they get one joined buffer instead.
         self._use_sendmsg = hasattr(sock, "sendmsg") and not isinstance(sock, (ssl.SSLSocket, gevent.ssl.SSLSocket))
@@ -307,10 +310,10 @@ class SocketTransport:
                 raise TextMessageReceived(len(message.payload))
 
     def _maybe_yield(self, size: int) -> None:
-        """Trap 10 (fairness): a peer that keeps the socket full must not starve the worker's
-        other connections. A read that blocks yields anyway; this yields after a budget of
-        bytes or messages read back to back (a hub round trip per tiny control message cost
-        more than it bought: it showed in connection-setup latency)."""
+        """Fairness (docs/gevent-websocket.md §10): a peer that keeps the socket full must not
+        starve the worker's other connections. A read that blocks yields anyway; this yields
+        after a budget of bytes or messages read back to back (a hub round trip per tiny control
+        message cost more than it bought: it showed in connection-setup latency)."""
         self._unyielded_bytes += size
         self._unyielded_messages += 1
         if self._unyielded_bytes >= YIELD_AFTER_BYTES or self._unyielded_messages >= YIELD_AFTER_MESSAGES:
@@ -389,7 +392,8 @@ class SocketTransport:
         return encode_frame_header(opcode, len(payload), mask_key=key) + bytes(masked or b"")
 
     def _write(self, buffers: list[bytes | bytearray | memoryview]) -> None:
-        """Write ``buffers`` under the write lock within send_timeout_s (traps 6, 7)."""
+        """Write ``buffers`` under the write lock within send_timeout_s
+        (docs/gevent-websocket.md §6, §7)."""
         if self._close_sent:  # also set by _abort
             raise self._ended or ConnectionClosed(self._close_code_received, "connection is closed")
         timer = gevent.Timeout(self.send_timeout_s)
@@ -455,7 +459,7 @@ class SocketTransport:
 
     def abort(self) -> None:
         """Drop the connection without a close frame (a dead peer, heartbeat timeout,
-        wire-protocol.md §6). Idempotent; later calls raise ConnectionClosed."""
+        docs/protocol.md §10). Idempotent; later calls raise ConnectionClosed."""
         self._closed_locally = True
         self._end(ConnectionClosed(self._close_code_received, "aborted locally"))
         self._abort()

@@ -10,14 +10,15 @@ message (fragments reassembled) or one control frame; control frames may arrive 
 fragments of a data message (RFC 6455 §5.4) and are returned as they come, the fragment state
 being kept for the next call.
 
-Every length is checked before any payload byte is read (wire-protocol.md §1, traps 9): a header
-claiming 8 GiB, or a fragment that would take the running total over ``max_message_size``, raises
-`OversizeMessageError` while the payload still sits in the socket.
+Every length is checked before any payload byte is read (docs/protocol.md §1.2,
+docs/gevent-websocket.md §9): a header claiming 8 GiB, or a fragment that would take the running
+total over ``max_message_size``, raises `OversizeMessageError` while the payload still sits in
+the socket.
 
-(Un)masking (RFC 6455 §5.3) never loops over bytes in Python (trap 4): payloads of 512 bytes or
-more are XORed by numpy as uint32 words against the mask key viewed as one native uint32 (both
-sides share the native byte order, so the XOR is bytewise correct); the 0-3 byte tail and short
-payloads are XORed as one big integer.
+(Un)masking (RFC 6455 §5.3) never loops over bytes in Python (docs/gevent-websocket.md §4):
+payloads of 512 bytes or more are XORed by numpy as uint32 words against the mask key viewed as
+one native uint32 (both sides share the native byte order, so the XOR is bytewise correct); the
+0-3 byte tail and short payloads are XORed as one big integer.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ __all__ = [
     "parse_close_payload",
 ]
 
-#: wire-protocol.md §1: messages over 4 MiB are refused with close 1009.
+#: docs/protocol.md §1.2: messages over 4 MiB are refused with close 1009.
 MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 #: RFC 6455 §5.5: control frames carry at most 125 bytes and are never fragmented.
 MAX_CONTROL_PAYLOAD_SIZE: Final = 125
@@ -466,7 +467,7 @@ class FrameReader:
             elif self._fragment_opcode is not None:
                 raise FramingError("new data frame while a fragmented message is in progress")
             total_size = self._fragment_total_size + header.payload_size
-            if total_size > self.max_message_size:  # trap 9: before reading the payload
+            if total_size > self.max_message_size:  # docs/gevent-websocket.md §9: before reading the payload
                 raise OversizeMessageError(total_size, self.max_message_size)
             payload = self._read_payload(header.payload_size, header.mask_key)
             if opcode != Opcode.CONTINUATION:

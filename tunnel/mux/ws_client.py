@@ -32,6 +32,7 @@ from tunnel.mux.websocket import MAX_MESSAGE_SIZE, PrefixedReader, check_switchi
 
 __all__ = ["DEFAULT_CONNECT_PATH", "HeaderItems", "connect"]
 
+#: docs/protocol.md §1.1: implied when the URL has no path.
 DEFAULT_CONNECT_PATH: Final = "/api/v1/tunnel/connect"
 _MAX_REJECTION_BODY_SIZE: Final = 64 * 1024
 _MAX_HANDSHAKE_HEADER_SIZE: Final = 64 * 1024

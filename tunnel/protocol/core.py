@@ -4,7 +4,7 @@
 handles received frames; ``Session`` adds the driver contract and the commands. The split keeps
 each file readable; only ``Session`` is public.
 
-Receiving rules beyond the per-frame codec rules (wire-protocol.md §2-§6, docs/protocol.md):
+Receiving rules beyond the per-frame codec rules (docs/protocol.md §3):
 
 * Direction: the server never accepts WELCOME, BIND_OK or BIND_ERR; the client never accepts
   HELLO or BIND.
@@ -153,7 +153,7 @@ class SessionCore:
         self.welcome_acknowledged = False
         self._open_counts = {Opener.LOCAL: 0, Opener.REMOTE: 0}
         self._heartbeat = Heartbeat(config.heartbeat_interval_s)
-        # Client streams are odd, server streams even (wire-protocol.md §2).
+        # Client streams are odd, server streams even (docs/protocol.md §7.3).
         self._local_parity = 1 if config.role is Role.CLIENT else 0
         self._next_local_id = 1 if config.role is Role.CLIENT else 2
         self._last_remote_id = 0
@@ -358,12 +358,12 @@ class SessionCore:
             self._events.append(ev.BindFailed(frame.req_id, frame.error_code, frame.error))
         else:
             assert isinstance(frame, UnbindFrame)
-            if self.role is Role.SERVER:  # the echo is the acknowledgement (wire-protocol.md §2)
+            if self.role is Role.SERVER:  # the echo is the acknowledgement (docs/protocol.md §6.2)
                 self._outbox.queue_control(UnbindFrame(frame.bind_id))
             self._events.append(ev.UnbindReceived(frame.bind_id))
 
     def _unknown_stream(self, stream_id: int, frame_type: FrameType) -> None:
-        # wire-protocol.md §5: frames for a stream we do not know get RST(STREAM_CLOSED).
+        # docs/protocol.md §7.5: frames for a stream we do not know get RST(STREAM_CLOSED).
         self._queue_rst(
             stream_id, ErrorCode.STREAM_CLOSED, f"{frame_type.name} for stream {stream_id}, which is not open"
         )

@@ -1,6 +1,6 @@
 """Error codes of the wire protocol and the exceptions hoody-tunnel raises on purpose.
 
-``ErrorCode`` is the wire contract (wire-protocol.md §8) and the only place error numbers appear.
+``ErrorCode`` is the wire contract (docs/protocol.md §3.1) and the only place error numbers appear.
 A code received from the peer that this version does not know stays a plain ``int``
 (:func:`error_code_from_wire`), so a newer peer never breaks an older one.
 
@@ -32,7 +32,7 @@ __all__ = [
 
 
 class ErrorCode(IntEnum):
-    """Error codes carried by RST, GOAWAY and BIND_ERR (u16 on the wire; wire-protocol.md §8)."""
+    """Error codes carried by RST, GOAWAY and BIND_ERR (u16 on the wire; docs/protocol.md §3.1)."""
 
     NORMAL = 0x0000
     ADMIN_CLOSE = 0x0001

@@ -152,7 +152,7 @@ class GoAwayReceived(Event):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionDead(Event):
-    """Nothing was received for 3 x heartbeat interval (wire-protocol §6): drop the connection
+    """Nothing was received for 3 x heartbeat interval (docs/protocol.md §10): drop the connection
     without sending GOAWAY."""
 
     silent_s: float

@@ -1,4 +1,4 @@
-"""Per-stream flow control: byte accounting for both directions (wire-protocol.md §5).
+"""Per-stream flow control: byte accounting for both directions (docs/protocol.md §8).
 
 Outbound (what we may send): the credit starts at the window the *peer* announced (client→server:
 WELCOME.window; server→client: HELLO.window, 256 KiB when absent). DATA payload bytes consume it
@@ -9,10 +9,10 @@ Inbound (what the peer may send): it starts at the window *we* announced. Each D
 uses it up; DATA beyond it is a flow-control error of that stream. When the driver has written
 bytes to the local socket it acknowledges them; once at least half of our window has been
 acknowledged since the last WINDOW, we grant that many bytes back in one WINDOW (batching,
-wire-protocol.md §5). So the peer can never have more than our window in flight, and memory per
+docs/protocol.md §8). So the peer can never have more than our window in flight, and memory per
 stream is bounded by it.
 
-Counters kept for statistics and for resume (wire-protocol.md §7, protocol/resume.py): ``sent_bytes``,
+Counters kept for statistics and for resume (docs/protocol.md §13.5, protocol/resume.py): ``sent_bytes``,
 ``received_bytes`` and ``consumed_bytes`` (acknowledged).
 """
 
@@ -22,7 +22,7 @@ from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocol
 
 __all__ = ["MAX_CREDIT", "Window"]
 
-#: Largest credit a sender may hold on one stream (wire-protocol.md §5).
+#: Largest credit a sender may hold on one stream (docs/protocol.md §8).
 MAX_CREDIT = 2**31 - 1
 
 
@@ -155,7 +155,7 @@ class Window:
                 the bytes are still counted as consumed.
             drained: the driver has written everything it held for this stream. A WINDOW is
                 then due from a quarter of the window on, so a sender that is faster than our
-                threshold is not left waiting while we sit idle (wire-protocol §5: "or the
+                threshold is not left waiting while we sit idle (docs/protocol.md §15: "or the
                 buffer has drained").
 
         Returns:

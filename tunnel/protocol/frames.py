@@ -1,4 +1,4 @@
-"""Frames of the wire protocol: types, the codec and the decoders (wire-protocol.md §2).
+"""Frames of the wire protocol: types, the codec and the decoders (docs/protocol.md §2).
 
 Every frame is a 10-byte header in network byte order (``type:u8 flags:u8 stream:u32
 length:u32``) followed by ``length`` payload bytes. One precompiled ``struct.Struct('!BBII')``
@@ -69,7 +69,7 @@ __all__ = [
 
 HEADER = struct.Struct("!BBII")
 HEADER_SIZE = HEADER.size  # 10
-#: Largest WebSocket message either side accepts (wire-protocol.md §1).
+#: Largest WebSocket message either side accepts (docs/protocol.md §1.2).
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 #: Largest payload that still fits one message with its header.
 MAX_FRAME_SIZE_LIMIT = MAX_MESSAGE_SIZE - HEADER_SIZE
@@ -122,7 +122,7 @@ CONTROL_FRAME_TYPES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class HelloFrame:
-    """HELLO (C→S, stream 0): the client's first frame. Payload: JSON (wire-protocol.md §3)."""
+    """HELLO (C→S, stream 0): the client's first frame. Payload: JSON (docs/protocol.md §5.1)."""
 
     frame_type: ClassVar[FrameType] = FrameType.HELLO
     hello: Hello
@@ -142,7 +142,7 @@ class BindFrame:
 
     Only ``req_id`` is validated by the codec. ``kind``, ``port`` and ``mode`` are the raw JSON
     values (None when absent or null): the session validates them and answers BIND_ERR for bad
-    ones (wire-protocol.md §4).
+    ones (docs/protocol.md §6.1).
     """
 
     frame_type: ClassVar[FrameType] = FrameType.BIND
@@ -488,7 +488,7 @@ def _as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
 def decode_message(
     data: bytes | bytearray | memoryview, *, max_frame_size: int, version: int
 ) -> list[Frame]:
-    """Decode one WebSocket binary message into its frames (wire-protocol.md §2).
+    """Decode one WebSocket binary message into its frames (docs/protocol.md §2).
 
     Args:
         data: the whole message.

@@ -1,4 +1,4 @@
-"""Liveness: heartbeat PINGs, RTT and dead-connection detection (wire-protocol.md §6).
+"""Liveness: heartbeat PINGs, RTT and dead-connection detection (docs/protocol.md §10).
 
 The clock is an input: every method takes ``now`` (seconds, any monotonic origin). The first
 call that passes a time (:meth:`Heartbeat.received` or :meth:`Heartbeat.poll`) starts the clock.

@@ -35,7 +35,7 @@ class StreamOffsets:
 
 @dataclass(frozen=True, slots=True)
 class ResumeRequest:
-    """The ``resume`` object of a v2 HELLO (wire-protocol.md §7)."""
+    """The ``resume`` object of a v2 HELLO (docs/protocol.md §13.2)."""
 
     session_id: str
     resume_token: str
@@ -54,7 +54,7 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """WELCOME: the session's id and the server's limits (wire-protocol.md §3)."""
+    """WELCOME: the session's id and the server's limits (docs/protocol.md §5.2)."""
 
     session_id: str
     protocol: str

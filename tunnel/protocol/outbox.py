@@ -1,13 +1,13 @@
 """The send queue of a Session: frame order and packing into WebSocket messages.
 
-Order (wire-protocol.md §5, fairness): every frame that is not DATA (OPEN, OPEN_OK, WINDOW, RST,
+Order (docs/protocol.md §9, fairness): every frame that is not DATA (OPEN, OPEN_OK, WINDOW, RST,
 PING, PONG, GOAWAY and the JSON control frames) goes out first, in the order it was queued.
 DATA follows, one frame per stream in turn (round robin), so a bulk stream holds back another
 stream's small message by at most one frame. A stream's own DATA keeps its order.
 
 Packing: v1 sends one frame per message. v2 packs whole frames back to back into messages of at
 most ``max_message_size`` bytes; a single frame larger than that travels alone. A frame never
-spans messages (wire-protocol.md §2).
+spans messages (docs/protocol.md §1.2).
 
 Control frames are encoded when queued (they are small); DATA is kept as the caller's
 ``memoryview`` slices until it is packed, so each payload byte is copied once, into its message.

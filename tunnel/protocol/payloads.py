@@ -1,6 +1,6 @@
 """JSON payloads of the control frames (HELLO, WELCOME, BIND, BIND_OK, BIND_ERR, UNBIND).
 
-Rules (wire-protocol.md §2-§4, and docs/protocol.md):
+Rules (docs/protocol.md §5, §6):
 
 * A JSON payload is a UTF-8 encoded JSON object. Anything else (invalid UTF-8, a UTF-16 text,
   invalid JSON, ``NaN``/``Infinity``, nesting deep enough to hit the recursion limit, a non-object
@@ -10,7 +10,7 @@ Rules (wire-protocol.md §2-§4, and docs/protocol.md):
 * ``null`` for an optional key means the key is absent.
 * BIND is the exception: only ``reqId`` is checked here (a BIND that is not an object or has no
   integer ``reqId`` is a protocol error of the session); its other values are handed on raw so
-  that the session can answer ``BIND_ERR(PROTOCOL_ERROR)`` for bad ones (wire-protocol.md §4).
+  that the session can answer ``BIND_ERR(PROTOCOL_ERROR)`` for bad ones (docs/protocol.md §6.1).
 
 Encoding is compact (no spaces) and keeps the key order of the wire spec, so golden vectors are
 stable.
@@ -40,10 +40,10 @@ __all__ = [
     "MIN_WINDOW_SIZE",
 ]
 
-#: Per-stream receive window bounds of HELLO/WELCOME ``window`` (wire-protocol.md §3).
+#: Per-stream receive window bounds of HELLO/WELCOME ``window`` (docs/protocol.md §5.1).
 MIN_WINDOW_SIZE = 16 * 1024
 MAX_WINDOW_SIZE = 16 * 1024 * 1024
-#: The window assumed when a HELLO has no ``window`` key (wire-protocol.md §3).
+#: The window assumed when a HELLO has no ``window`` key (docs/protocol.md §5.1).
 DEFAULT_WINDOW_SIZE = 256 * 1024
 
 _U32_MAX = 0xFFFFFFFF
@@ -200,11 +200,11 @@ def hello_from_json(payload: bytes | memoryview, version: int) -> Hello:
     Raises:
         RemoteProtocolError: ``PROTOCOL_ERROR`` for a malformed HELLO or a window outside
             16 KiB-16 MiB; ``RESUME_FAILED`` for a ``resume`` key (any value) when ``version``
-            is 1 (wire-protocol.md §3).
+            is 1 (docs/protocol.md §4).
     """
     what = "HELLO"
     obj = load_json_object(payload, what)
-    # wire-protocol §3: a missing token is refused like a wrong one (AUTH_FAILED, by the
+    # docs/protocol.md §4: a missing token is refused like a wrong one (AUTH_FAILED, by the
     # driver), not as a malformed HELLO.
     token = _str(obj, "token", what, optional=True) or ""
     client = _req_str(obj, "client", what)
@@ -376,7 +376,7 @@ def unbind_from_json(payload: bytes | memoryview) -> int:
 def validate_bind_values(
     req_id: int, kind: object, port: object, mode: object, host_header: object = None
 ) -> BindRequest | str:
-    """Check the values of a received BIND (wire-protocol.md §4), on the server.
+    """Check the values of a received BIND (docs/protocol.md §6), on the server.
 
     Args:
         req_id: the BIND's ``reqId`` (already known to be an integer).

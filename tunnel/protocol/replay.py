@@ -1,4 +1,4 @@
-"""Per-stream bookkeeping that lets a v2 session resume on a new WebSocket (wire-protocol §7).
+"""Per-stream bookkeeping that lets a v2 session resume on a new WebSocket (docs/protocol.md §13.5).
 
 Theory of operation
 -------------------

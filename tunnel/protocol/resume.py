@@ -1,4 +1,4 @@
-"""Resume of a v2 session on a new WebSocket (wire-protocol §7): detach, exchange offsets,
+"""Resume of a v2 session on a new WebSocket (docs/protocol.md §13): detach, exchange offsets,
 retransmit.
 
 Theory of operation

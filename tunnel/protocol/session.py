@@ -91,7 +91,7 @@ class SessionStatistics:
     rtt_s: float | None
     goaway_sent: int | None
     goaway_received: int | None
-    #: v2: DATA bytes sent again after resumes (wire-protocol §7).
+    #: v2: DATA bytes sent again after resumes (docs/protocol.md §13).
     bytes_retransmitted: int = 0
 
 
@@ -190,7 +190,7 @@ class Session(ResumableSession):
         return bool(self._outbox) or (bool(self._pending_reopens) and self.attached)
 
     def handle_timer(self, now: float) -> None:
-        """Let time pass: heartbeat PINGs and dead-connection detection (wire-protocol.md §6).
+        """Let time pass: heartbeat PINGs and dead-connection detection (docs/protocol.md §10).
 
         The first call (or the first ``receive_message``) starts the clock. While the session
         is OPEN or DRAINING: after one heartbeat interval without any received message a PING

@@ -1,4 +1,4 @@
-"""Stream state machine (wire-protocol.md §5).
+"""Stream state machine (docs/protocol.md §7.4).
 
 Theory of operation
 -------------------

@@ -1,9 +1,10 @@
 """Subprotocol negotiation: which hoody-tunnel version a WebSocket upgrade gets.
 
-The version is the negotiated WebSocket subprotocol, not a header byte (wire-protocol.md §1-2).
+The version is the negotiated WebSocket subprotocol, not a header byte (docs/protocol.md §1.1, §2.1).
 The client lists what it speaks in ``Sec-WebSocket-Protocol``; the server picks the highest
 version it supports among those offered, comparing whole tokens. gevent-websocket's stock handler
-matched by substring, so ``hoody-tunnel.v10`` passed for ``v1`` (traps: 3); here it never does.
+matched by substring, so ``hoody-tunnel.v10`` passed for ``v1`` (docs/gevent-websocket.md §3);
+here it never does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ __all__ = ["SUPPORTED", "VERSIONS_HEADER", "VERSIONS_HEADER_VALUE", "choose_subp
 
 # Highest first: the order of preference.
 SUPPORTED: tuple[str, ...] = ("hoody-tunnel.v2", "hoody-tunnel.v1")
-# Sent with every refused upgrade (400) and with the 426 (wire-protocol.md §1).
+# Sent with every refused upgrade (400) and with the 426 (docs/protocol.md §1.1).
 VERSIONS_HEADER = "x-hoody-tunnel-versions"
 VERSIONS_HEADER_VALUE = ", ".join(SUPPORTED)
 

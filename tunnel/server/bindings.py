@@ -28,7 +28,7 @@ from tunnel.mux.runner import PumpClass, SessionRunner
 from tunnel.protocol import BindKind, BindMode, ErrorCode, UpstreamError
 
 #: Kernel backlog for EXPOSE listeners: while a session is at maxStreams, out of FD permits or
-#: (later) parked, new connections wait here (wire-protocol §7, §9).
+#: (later) parked, new connections wait here (docs/protocol.md §12, §13.1).
 LISTEN_BACKLOG = 128
 
 

@@ -6,7 +6,7 @@ connections become plain streams here; an http binding's are served by HTTP mode
 :class:`~tunnel.server.bindings.ExposeHost`.
 
 A tcp binding waits rather than refuses: while the session is parked, at maxStreams, or out of
-FD permits, new connections wait in the kernel backlog (docs/protocol.md "Resume" and "FD budget").
+FD permits, new connections wait in the kernel backlog (docs/protocol.md §13 and "FD budget").
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The server's WebSocket handler and gunicorn worker: the 101 waits for the view (trap 3).
+"""The server's WebSocket handler and gunicorn worker: the 101 waits for the view
+(docs/gevent-websocket.md §3).
 
 gevent-websocket's `WebSocketHandler.run_application` sends ``101 Switching Protocols`` before the
 application runs and picks a subprotocol by substring (``hoody-tunnel.v10`` matches ``v1``), so
-a view can neither choose the protocol nor refuse with a plain HTTP answer (wire-protocol.md §1:
+a view can neither choose the protocol nor refuse with a plain HTTP answer (docs/protocol.md §1.1:
 400 + ``x-hoody-tunnel-versions``, never a 101). `TunnelWebSocketHandler` instead:
 
 1. on a valid upgrade request (GET, HTTP/1.1, ``Upgrade: websocket``, ``Connection`` containing

@@ -25,8 +25,8 @@ answered in the same greenlet (``ResponseRelay._respond``, ``server/http_respons
 with a body a *responder* greenlet relays the response while the body streams up in chunks, each
 within the stream's send credit (the response may come early, or be a 100 Continue the client
 waits for). The responder takes the stream's DATA, scans it, writes the bytes out and only then
-acknowledges the DATA, so the WINDOW the client gets reflects bytes really written (wire-protocol
-§5). Memory per connection is bounded by one read and one window, whatever the body size.
+acknowledges the DATA, so the WINDOW the client gets reflects bytes really written (docs/protocol.md
+§8). Memory per connection is bounded by one read and one window, whatever the body size.
 
 A request goes on in the HTTP version it came in (an HTTP/1.0 client gets its response in
 HTTP/1.0 terms from the target itself); the response goes out as the target sent it, once its

@@ -4,7 +4,7 @@ decisions that span sessions (resume hand-over, admin kill, shutdown).
 One :class:`Kit` per app, stored at ``app.extensions["tunnel"]``; the connect view hands it each
 accepted WebSocket through :meth:`Kit.serve`, which blocks for the session's lifetime.
 
-Resume across sessions (docs/protocol.md "Resume"): a new connection's HELLO carries
+Resume across sessions (docs/protocol.md §13): a new connection's HELLO carries
 ``resume {sessionId, resumeToken, received}``; its KitSession checks the auth token and ends its
 run with a HANDOFF. :meth:`Kit.serve` then finds the session it names (:meth:`Kit._resume_target`),
 supersedes that session's connection if the kit has not seen it die (GOAWAY(SUPERSEDED)), and
@@ -39,7 +39,7 @@ log = logging.getLogger("tunnel.session")
 
 @dataclass(frozen=True, slots=True)
 class FdAccounting:
-    """A consistent snapshot of the FD budget (docs/protocol.md "FD budget" invariant)."""
+    """A consistent snapshot of the FD budget (docs/protocol.md §12 invariant)."""
 
     budget: int
     available: int

@@ -15,7 +15,7 @@ Lifecycle (:class:`KitSessionState`, changed only by :meth:`KitSession.set_state
         +--refused, handed off, or ended-----------------------------------------^
     ORPHANED --TTL ran out or admin kill--> CLOSED
 
-Parking (docs/protocol.md "Resume"): a v2 session whose WebSocket ends without a GOAWAY keeps its
+Parking (docs/protocol.md §13): a v2 session whose WebSocket ends without a GOAWAY keeps its
 streams (their sockets, buffers and permits) and its bindings; its EXPOSE accept loops pause; the
 WebSocket's permit is released; after ``orphan_ttl_s`` it expires and everything is released.
 Which parked session a HELLO.resume names, and the hand-over, are the Kit's business.
@@ -105,7 +105,7 @@ def protocol_session(settings: Settings, subprotocol: str) -> Session:
 
 
 def new_session_id() -> str:
-    """``"sess_"`` + 12 lowercase hex digits from a CSPRNG (docs/protocol.md "Handshake")."""
+    """``"sess_"`` + 12 lowercase hex digits from a CSPRNG (docs/protocol.md §4)."""
     return "sess_" + secrets.token_hex(6)
 
 
@@ -189,7 +189,7 @@ class KitSession:
     # -- handshake -------------------------------------------------------------------------------
 
     def watch_handshake(self) -> None:
-        """End the connection if no valid HELLO arrives in time (docs/protocol.md "Handshake")."""
+        """End the connection if no valid HELLO arrives in time (docs/protocol.md §4)."""
         if self._welcomed.wait(self.settings.handshake_timeout_s):
             return
         self.metrics.handshake_failures_total.labels(reason="timeout").inc()

@@ -1,5 +1,5 @@
 """Resume bookkeeping on the kit, over plain values: which tokens a session honours, and how long
-it has been parked (docs/protocol.md "Resume").
+it has been parked (docs/protocol.md §13).
 
 Nothing here touches a connection, a greenlet or a clock: :class:`ResumeTokens` and
 :class:`Parking` are small values that :class:`~tunnel.server.kit_session.KitSession` holds and
@@ -27,7 +27,7 @@ RESUME_FAILED_REASON = "resume failed: session unknown, expired, closed, or toke
 
 
 def new_resume_token() -> str:
-    """At least 128 bits from a CSPRNG, URL-safe base64 (docs/protocol.md "Resume"): here 192."""
+    """At least 128 bits from a CSPRNG, URL-safe base64 (docs/protocol.md §13): here 192."""
     return secrets.token_urlsafe(24)
 
 

@@ -1,4 +1,4 @@
-"""Read-only views of the kit's live objects, for the admin API (admin-api.md, wire-protocol §9).
+"""Read-only views of the kit's live objects, for the admin API (admin-api.md, docs/protocol.md §12).
 
 Each function takes one :class:`KitSnapshot` of the kit and builds frozen dataclasses from it;
 nothing here changes a session, a binding or the FD budget. The API's marshmallow schemas
@@ -83,7 +83,7 @@ class SessionView:
     peer_addr: str
     protocol: str
     state: str
-    connections_granted: int  # FD permits the session holds now (wire-protocol §9)
+    connections_granted: int  # FD permits the session holds now (docs/protocol.md §12)
     active_streams: int
     max_streams: int
     bindings: tuple[BindingView, ...]

@@ -88,7 +88,7 @@ def test_sessions_bindings_and_tunnels_from_one_snapshot(tmp_path: Path) -> None
     assert tunnels.total_bindings == 3
     assert [len(s.expose_bindings) for s in tunnels.sessions] == [1, 0, 0]
     assert [len(s.pull_bindings) for s in tunnels.sessions] == [1, 1, 0]
-    # wire-protocol §9: available + sum(granted) == budget.
+    # docs/protocol.md §12: available + sum(granted) == budget.
     granted = sum(s.connections_granted for s in tunnels.sessions)
     assert tunnels.fd_permits_available + granted == tunnels.fd_budget == 64
     assert tunnels.fd_permits_available == 64 - 6

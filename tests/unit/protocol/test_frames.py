@@ -400,7 +400,7 @@ def test_mutated_frames_give_frames_or_remote_protocol_error(frame: Frame, data:
 
 
 def test_hello_without_token_decodes_as_empty_token() -> None:
-    # wire-protocol §3: a missing token is refused as AUTH_FAILED by the kit, like a wrong one.
+    # docs/protocol.md §4: a missing token is refused as AUTH_FAILED by the kit, like a wrong one.
     payload = b'{"client": "c"}'
     data = bytes([1, 0, 0, 0, 0, 0, 0, 0, 0, len(payload)]) + payload
     [frame] = FrameDecoder(max_frame_size=1024).feed(data)

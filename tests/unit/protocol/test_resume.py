@@ -1,4 +1,4 @@
-"""Resume (wire-protocol §7): a randomized two-session simulation with connection cuts at
+"""Resume (docs/protocol.md §13.9): a randomized two-session simulation with connection cuts at
 arbitrary points, and the edges of the ``received`` bookkeeping.
 
 The simulation wires a client and a server Session through two FIFO "wires". Each step does one
@@ -329,7 +329,7 @@ def test_closed_stream_records_are_bounded_in_count_and_bytes() -> None:
     assert len(kept) == MAX_CLOSED_REPLAY_SIZE // len(chunk)  # the newest are kept
 
 
-# -- the edges of the received bookkeeping, one by one (wire-protocol §7) ------------------------
+# -- the edges of the received bookkeeping, one by one (docs/protocol.md §13.5) ------------------------
 
 
 def _pair() -> tuple[Session, Session]:

@@ -135,7 +135,8 @@ def test_unknown_stream_frames_get_rst_stream_closed_but_a_window_is_ignored() -
         pair.server, DataFrame(9, b"x"), WindowFrame(9, 5), OpenOkFrame(11), RstFrame(13, 0)
     )
     assert events == []
-    # A WINDOW can cross our FIN or RST in flight: it is dropped without an answer (§15).
+    # A WINDOW can cross our FIN or RST in flight: it is dropped without an answer
+    # (docs/protocol.md §15, item 29).
     assert frames_of(pair.server.messages_to_send()) == [
         RstFrame(9, ErrorCode.STREAM_CLOSED, "DATA for stream 9, which is not open"),
         RstFrame(11, ErrorCode.STREAM_CLOSED, "OPEN_OK for stream 11, which is not open"),

@@ -41,7 +41,7 @@ def test_chooses_the_highest_offered(offer: str, chosen: str) -> None:
         "",
         " , ",
         "chat",
-        # Exact tokens only, never substrings (traps: 3).
+        # Exact tokens only, never substrings (docs/gevent-websocket.md §3).
         "hoody-tunnel.v10",
         "hoody-tunnel.v10, hoody-tunnel.v20",
         "hoody-tunnel.v1.1",
