@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from tunnel.protocol.errors import TunnelError
+from tunnel.protocol import TunnelError
 
 __all__ = ["ConfigError", "PortRanges", "Settings", "default_state_dir"]
 

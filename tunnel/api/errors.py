@@ -21,7 +21,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from tunnel.api.schemas import ErrorSchema
-from tunnel.protocol.errors import TunnelError
+from tunnel.protocol import TunnelError
 
 __all__ = ["error_response", "register_error_handlers", "validation_message"]
 

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from tunnel import __version__
+from tunnel.protocol import TunnelError
 
 __all__ = [
     "API_PREFIX",
@@ -64,7 +65,7 @@ DEFAULT_TIMEOUT_S = 10.0
 # -- errors ----------------------------------------------------------------------------------------
 
 
-class AdminError(Exception):
+class AdminError(TunnelError):
     """A call failed: ``status`` is the HTTP status (None: no answer), ``error`` says why."""
 
     def __init__(self, status: int | None, error: str) -> None:

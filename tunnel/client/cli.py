@@ -22,6 +22,7 @@ from tunnel.client.connector import (
 from tunnel.client import admin_cli
 from tunnel.client.specs import SpecError, apply_host_header, parse_expose, parse_pull
 from tunnel.credentials import load_local_credentials, default_state_dir
+from tunnel.protocol import TunnelError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
-class _UsageError(Exception):
+class _UsageError(TunnelError):
     pass
 
 

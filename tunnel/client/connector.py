@@ -52,6 +52,7 @@ from tunnel.protocol import (
     WelcomeReceived,
     code_name,
 )
+from tunnel.protocol import TunnelError
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,14 @@ def backoff_delay_s(attempt: int, rng: random.Random) -> float:
     return rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(attempt, 16))))
 
 
-class _ResumeRefused(Exception):
+class _ResumeRefused(TunnelError):
     """The parked session cannot be resumed: start a new one."""
 
 
 _RESUMABLE_ENDS = frozenset({EndKind.PEER_CLOSED, EndKind.DEAD, EndKind.SEND_FAILED})
 
 
-class ClientError(Exception):
+class ClientError(TunnelError):
     """A failure the CLI reports in one line with an exit code."""
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE, *, fatal: bool = False) -> None:

@@ -19,12 +19,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from tunnel.protocol.messages import BindMode
+from tunnel.protocol import TunnelError
 
 #: ``--host-header rewrite``: the Host becomes the local target.
 HOST_HEADER_REWRITE = "rewrite"
 
 
-class SpecError(ValueError):
+class SpecError(TunnelError, ValueError):
     """A malformed --expose/--pull value; the message is for the user."""
 
 

@@ -37,7 +37,7 @@ from tunnel.mux.websocket import (
     MAX_MESSAGE_SIZE,
     CloseCode,
     FrameReader,
-    FramingError,
+    WebSocketFramingError,
     IncompleteReadError,
     Opcode,
     OversizeMessageError,
@@ -48,6 +48,7 @@ from tunnel.mux.websocket import (
     pack_close_payload,
     parse_close_payload,
 )
+from tunnel.protocol import TunnelError
 
 __all__ = [
     "CloseCode",
@@ -77,7 +78,7 @@ YIELD_AFTER_BYTES = 256 * 1024
 YIELD_AFTER_MESSAGES = 32
 
 
-class TransportError(Exception):
+class TransportError(TunnelError):
     """Root of everything the transport raises on purpose (connect failures included)."""
 
 
@@ -170,7 +171,7 @@ class Transport(Protocol):
         """Send binary messages under the write lock. Raises ConnectionClosed, SendTimeout."""
         ...
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Idempotent: send close (code, reason) if not yet sent, then close the socket."""
         ...
 
@@ -280,7 +281,7 @@ class SocketTransport:
                 self._end(ConnectionClosed(None, "message too big"))
                 self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
                 raise MessageTooBig(exc.message_size, exc.max_message_size) from None
-            except FramingError as exc:
+            except WebSocketFramingError as exc:
                 violation = self._end(ProtocolViolation(exc.close_code, str(exc)))
                 self._fail(exc.close_code, str(exc))
                 raise violation from None
@@ -324,7 +325,7 @@ class SocketTransport:
     def _on_close_frame(self, payload: bytes | bytearray) -> None:
         try:
             code, reason = parse_close_payload(payload)
-        except FramingError as exc:
+        except WebSocketFramingError as exc:
             violation = self._end(ProtocolViolation(exc.close_code, str(exc)))
             self._fail(exc.close_code, str(exc))
             raise violation from None

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 import numpy as np
+from tunnel.protocol import TunnelError
 
 __all__ = [
     "MAX_CONTROL_PAYLOAD_SIZE",
@@ -40,7 +41,7 @@ __all__ = [
     "CloseCode",
     "FrameHeader",
     "FrameReader",
-    "FramingError",
+    "WebSocketFramingError",
     "IncompleteReadError",
     "Message",
     "Opcode",
@@ -108,7 +109,7 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013  # registered by IANA: the server is overloaded (no FD permit left)
 
 
-class FramingError(Exception):
+class WebSocketFramingError(TunnelError):
     """The peer broke RFC 6455. ``close_code`` is what to send before dropping the connection."""
 
     def __init__(self, message: str, *, close_code: int = CloseCode.PROTOCOL_ERROR) -> None:
@@ -116,7 +117,7 @@ class FramingError(Exception):
         self.close_code = close_code
 
 
-class OversizeMessageError(FramingError):
+class OversizeMessageError(WebSocketFramingError):
     """A message would exceed ``max_message_size``; detected from headers, payload unread."""
 
     def __init__(self, message_size: int, max_message_size: int) -> None:
@@ -128,7 +129,7 @@ class OversizeMessageError(FramingError):
         self.max_message_size = max_message_size
 
 
-class IncompleteReadError(EOFError):
+class IncompleteReadError(TunnelError, EOFError):
     """The byte stream ended (EOF) before ``expected_size`` bytes could be read."""
 
     def __init__(self, expected_size: int, partial_size: int) -> None:
@@ -282,7 +283,7 @@ def decode_frame_header(header: Buffer) -> FrameHeader:
     (opcode, RSV, masking direction); `FrameReader` does.
 
     Raises:
-        FramingError: the 64-bit length has its most significant bit set (RFC 6455 §5.2).
+        WebSocketFramingError: the 64-bit length has its most significant bit set (RFC 6455 §5.2).
         ValueError: ``header`` is not exactly the announced size.
     """
     if len(header) < 2 or len(header) != frame_header_size(header):
@@ -297,7 +298,7 @@ def decode_frame_header(header: Buffer) -> FrameHeader:
         (payload_size,) = _U64.unpack_from(header, 2)
         offset = 10
         if payload_size >> 63:
-            raise FramingError("64-bit payload length with the most significant bit set")
+            raise WebSocketFramingError("64-bit payload length with the most significant bit set")
     else:
         payload_size = length7
     mask_key = bytes(header[offset : offset + 4]) if second & 0x80 else None
@@ -345,20 +346,20 @@ def parse_close_payload(payload: Buffer) -> tuple[int | None, str]:
     """Parse a close frame payload into ``(code, reason)``; ``code`` is None when empty.
 
     Raises:
-        FramingError: a 1-byte payload or a forbidden code (1002), a reason that is not
+        WebSocketFramingError: a 1-byte payload or a forbidden code (1002), a reason that is not
             UTF-8 (1007).
     """
     if len(payload) == 0:
         return None, ""
     if len(payload) == 1:
-        raise FramingError("close payload of 1 byte")
+        raise WebSocketFramingError("close payload of 1 byte")
     (code,) = _U16.unpack_from(payload, 0)
     if not is_valid_close_code(code):
-        raise FramingError(f"invalid close code {code}")
+        raise WebSocketFramingError(f"invalid close code {code}")
     try:
         reason = bytes(payload[2:]).decode("utf-8")
     except UnicodeDecodeError:
-        raise FramingError("close reason is not valid UTF-8", close_code=CloseCode.INVALID_DATA) from None
+        raise WebSocketFramingError("close reason is not valid UTF-8", close_code=CloseCode.INVALID_DATA) from None
     return code, reason
 
 
@@ -452,7 +453,7 @@ class FrameReader:
 
         Raises:
             OversizeMessageError: before reading the payload that would exceed the limit.
-            FramingError: any RFC 6455 violation (``close_code`` says which close to send).
+            WebSocketFramingError: any RFC 6455 violation (``close_code`` says which close to send).
             IncompleteReadError: EOF, at a frame boundary or inside a frame.
         """
         while True:
@@ -463,9 +464,9 @@ class FrameReader:
                 return Message(Opcode(opcode), payload)
             if opcode == Opcode.CONTINUATION:
                 if self._fragment_opcode is None:
-                    raise FramingError("continuation frame without a message in progress")
+                    raise WebSocketFramingError("continuation frame without a message in progress")
             elif self._fragment_opcode is not None:
-                raise FramingError("new data frame while a fragmented message is in progress")
+                raise WebSocketFramingError("new data frame while a fragmented message is in progress")
             total_size = self._fragment_total_size + header.payload_size
             if total_size > self.max_message_size:  # docs/gevent-websocket.md §9: before reading the payload
                 raise OversizeMessageError(total_size, self.max_message_size)
@@ -489,16 +490,16 @@ class FrameReader:
         raw = first_two + self._read_exactly(size - 2) if size > 2 else first_two
         header = decode_frame_header(raw)
         if header.rsv:
-            raise FramingError(f"RSV bits {header.rsv:#o} set without a negotiated extension")
+            raise WebSocketFramingError(f"RSV bits {header.rsv:#o} set without a negotiated extension")
         if header.opcode not in _KNOWN_OPCODES:
-            raise FramingError(f"unknown opcode {header.opcode:#x}")
+            raise WebSocketFramingError(f"unknown opcode {header.opcode:#x}")
         if header.opcode >= 0x8:
             if not header.fin:
-                raise FramingError("fragmented control frame")
+                raise WebSocketFramingError("fragmented control frame")
             if header.payload_size > MAX_CONTROL_PAYLOAD_SIZE:
-                raise FramingError(f"control frame of {header.payload_size} bytes (max 125)")
+                raise WebSocketFramingError(f"control frame of {header.payload_size} bytes (max 125)")
         if (header.mask_key is not None) != self._expect_masked:
-            raise FramingError("unmasked client frame" if self._expect_masked else "masked server frame")
+            raise WebSocketFramingError("unmasked client frame" if self._expect_masked else "masked server frame")
         return header
 
     def _read_exactly(self, size: int) -> bytes:

@@ -30,7 +30,7 @@ from tunnel.server.http_framing import (
     skip_empty_lines,
 )
 from tunnel.server.http_heads import HeadError, RequestHead, parse_request_head
-from tunnel.server.http_messages import KitError
+from tunnel.server.http_messages import ErrorPage
 from tunnel.server.http_response import (
     RETRY_AFTER_BUSY_S,
     RETRY_AFTER_RECONNECTING_S,
@@ -113,7 +113,7 @@ class HttpConnection:
         sock: socket.socket,
         origin: str,
         *,
-        refusal: KitError | None = None,
+        refusal: ErrorPage | None = None,
         idle_timeout_s: float = KEEPALIVE_IDLE_S,
         recorder: Recorder | None = None,
     ) -> None:
@@ -403,7 +403,7 @@ class HttpConnection:
         if host.attached.is_set():
             error = closed_error()  # woken because the session ended
         else:
-            error = KitError(
+            error = ErrorPage(
                 503,
                 "reconnecting",
                 "The tunnel is reconnecting: the connected machine lost its connection to the "
@@ -413,10 +413,10 @@ class HttpConnection:
         self._reply(cycle, error)
         return False
 
-    def _no_stream_error(self) -> KitError:
+    def _no_stream_error(self) -> ErrorPage:
         runner = self.runner
         if self.host.active and runner.state is SessionState.OPEN:
-            return KitError(
+            return ErrorPage(
                 503,
                 "max_streams",
                 f"The tunnel is busy: all {runner.max_streams} of its streams are in use. "
@@ -432,7 +432,7 @@ class HttpConnection:
 
     # -- kit answers, records, closing ------------------------------------------------------
 
-    def _reply(self, cycle: Cycle, error: KitError, *, record: bool = True) -> None:
+    def _reply(self, cycle: Cycle, error: ErrorPage, *, record: bool = True) -> None:
         """Answer ``error`` ourselves; the connection closes after it."""
         cycle.error = error
         cycle.status = error.status
@@ -447,7 +447,7 @@ class HttpConnection:
         if record:
             self._record(cycle)
 
-    def _answer_failed_response(self, cycle: Cycle, error: KitError) -> None:
+    def _answer_failed_response(self, cycle: Cycle, error: ErrorPage) -> None:
         """The relay's answer when a response failed before any of it went out (recorded by
         the connection once the cycle is over)."""
         self._reply(cycle, error, record=False)

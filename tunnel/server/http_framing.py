@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import re
+from tunnel.protocol import TunnelError
 
 __all__ = [
     "BodyKind",
@@ -83,7 +84,7 @@ def skip_empty_lines(buffer: bytes | bytearray) -> int:
     return 0 if match is None else match.end()
 
 
-class FramingError(Exception):
+class FramingError(TunnelError):
     """The body's framing is invalid. str(exc) is a short human reason that never quotes received bytes."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import httptools
 
 from tunnel.server.http_framing import TOKEN, BodyKind
+from tunnel.protocol import TunnelError
 
 __all__ = [
     "HeadError",
@@ -35,7 +36,7 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 
 
-class HeadError(Exception):
+class HeadError(TunnelError):
     """The head is not valid HTTP/1.1, or is refused.
 
     Attributes:

@@ -20,7 +20,7 @@ from tunnel.server.http_framing import TOKEN
 
 __all__ = [
     "ERROR_HEADER",
-    "KitError",
+    "ErrorPage",
     "access_path",
     "bad_request",
     "check_request",
@@ -59,7 +59,7 @@ _TITLES = {
 
 
 @dataclass(frozen=True, slots=True)
-class KitError:
+class ErrorPage:
     """A response the kit answers itself.
 
     Attributes:
@@ -76,16 +76,16 @@ class KitError:
     retry_after_s: int | None = None
 
 
-def bad_request(detail: str, status: int = 400) -> KitError:
+def bad_request(detail: str, status: int = 400) -> ErrorPage:
     """A malformed or refused request (never forwarded to the client's side)."""
     status = status if status in (400, 431, 501, 505) else 400
-    return KitError(status, "bad_request", f"The request was refused by the tunnel: {detail}.")
+    return ErrorPage(status, "bad_request", f"The request was refused by the tunnel: {detail}.")
 
 
 _TARGET_REASON = re.compile(r"^(\[[0-9A-Fa-f:.]+\]:\d+|[^\s:]+:\d+): (.+)$")
 
 
-def connect_error(code_name: str, reason: str) -> KitError:
+def connect_error(code_name: str, reason: str) -> ErrorPage:
     """The 502 for a stream the client reset (``reason`` is its RST text).
 
     The client answers an OPEN it cannot serve with ``RST(CONNECT_FAILED, "HOST:PORT: why")``
@@ -98,18 +98,18 @@ def connect_error(code_name: str, reason: str) -> KitError:
             message = f"Nothing is listening on {target} on the connected machine."
         else:
             message = f"The connected machine could not reach {target}: {why}."
-        return KitError(502, "connect_failed", message)
+        return ErrorPage(502, "connect_failed", message)
     if code_name == "not_found":
-        return KitError(502, "connect_failed", "The connected machine has no target for this port.")
+        return ErrorPage(502, "connect_failed", "The connected machine has no target for this port.")
     shown = f" ({reason})" if reason else ""
-    return KitError(
+    return ErrorPage(
         502,
         "upstream_reset",
         f"The local connection on the connected machine failed before a whole response{shown}.",
     )
 
 
-def check_request(http_version: bytes, headers: RawHeaders) -> KitError | None:
+def check_request(http_version: bytes, headers: RawHeaders) -> ErrorPage | None:
     """Refuse what llhttp lets through but a proxy must not forward (request smuggling).
 
     llhttp and :func:`~tunnel.server.http_heads.parse_request_head` already refuse duplicate
@@ -306,7 +306,7 @@ def wants_json(accept: bytes | None) -> bool:
     return json_q > 0.0 and (json_q, json_rank) > (html_q, html_rank)
 
 
-def render_error(error: KitError, *, accept: bytes | None, head_only: bool = False) -> bytes:
+def render_error(error: ErrorPage, *, accept: bytes | None, head_only: bool = False) -> bytes:
     """The whole response: status line, headers (``Connection: close``; the kit closes the
     connection after every response of its own) and a short HTML page, or JSON when the request
     prefers it. ``head_only`` (a HEAD request) leaves the body out but keeps its length."""

@@ -53,7 +53,7 @@ from tunnel.protocol import UpstreamError
 from tunnel.server import bindings as binding_io
 from tunnel.server.bindings import Binding, ExposeHost
 from tunnel.server.http_connection import HttpConnection, Recorder
-from tunnel.server.http_messages import KitError
+from tunnel.server.http_messages import ErrorPage
 from tunnel.server.http_response import RETRY_AFTER_BUSY_S
 from tunnel.server.http_stream import HttpStream
 
@@ -98,13 +98,13 @@ def accept_loop(host: ExposeHost, binding: Binding) -> None:
         permit = host.take_permit()
         handed_over = False
         try:
-            refusal: KitError | None = None
+            refusal: ErrorPage | None = None
             if not permit:
                 metrics.fd_permit_exhausted_total.labels(path="expose").inc()
                 if overflow.count >= OVERFLOW_LIMIT:
                     permit = host.take_permit(wait=True)
                 else:
-                    refusal = KitError(
+                    refusal = ErrorPage(
                         503,
                         "fd_exhausted",
                         "The tunnel kit has no connection left for this request. Try again shortly.",

@@ -24,8 +24,9 @@ from tunnel.protocol import ErrorCode, code_name
 from tunnel.server import http_messages as messages
 from tunnel.server.http_framing import MAX_HEAD_SIZE, BodyKind, BodyScanner, FramingError, append_bytes, head_end
 from tunnel.server.http_heads import HeadError, parse_response_head
-from tunnel.server.http_messages import KitError
+from tunnel.server.http_messages import ErrorPage
 from tunnel.server.http_stream import HttpStream, StreamGone
+from tunnel.protocol import TunnelError
 
 log = logging.getLogger("tunnel.http")
 
@@ -36,11 +37,11 @@ RETRY_AFTER_RECONNECTING_S = 5
 CLIENT_CHECK_S = 1.0
 
 
-class ClientGone(Exception):
+class ClientGone(TunnelError):
     """Writing to the external socket failed: the HTTP client left."""
 
 
-class BadUpstream(Exception):
+class BadUpstream(TunnelError):
     """The target's bytes are not a valid HTTP response, or ended before one was whole."""
 
     def __init__(self, message: str, *, eof: bool) -> None:
@@ -65,8 +66,8 @@ class Cycle:
     accept: bytes | None = None
     head_only: bool = False
     status: int = 0
-    error: KitError | None = None  # the kit answered itself
-    request_error: KitError | None = None  # the request body turned out malformed
+    error: ErrorPage | None = None  # the kit answered itself
+    request_error: ErrorPage | None = None  # the request body turned out malformed
     bytes_in: int = 0
     bytes_out: int = 0
     final_started: bool = False  # a final (or 101) response head went out: no error page now
@@ -90,7 +91,7 @@ class ResponseRelay:
             the connection's other answers are made one way); the connection closes after it.
     """
 
-    def __init__(self, sock: socket.socket, answer: Callable[[Cycle, KitError], None]) -> None:
+    def __init__(self, sock: socket.socket, answer: Callable[[Cycle, ErrorPage], None]) -> None:
         self.sock = sock
         self._answer = answer
         #: The response came before the whole request: read and drop what the client still
@@ -99,13 +100,13 @@ class ResponseRelay:
 
     def respond(self, stream: HttpStream, cycle: Cycle) -> None:
         """Relay the response from the stream to the external socket, or answer for the target."""
-        error: KitError | None = None
+        error: ErrorPage | None = None
         try:
             self._relay_response(stream, cycle)
         except StreamGone:
             error = cycle.request_error or stream_error(stream)
         except BadUpstream as exc:
-            error = KitError(
+            error = ErrorPage(
                 502,
                 "upstream_reset" if exc.eof else "bad_response",
                 "The local service on the connected machine closed the connection before a whole "
@@ -228,7 +229,7 @@ class ResponseRelay:
             raise ClientGone() from None
         cycle.bytes_out += len(data)
 
-    def _answer_failure(self, cycle: Cycle, error: KitError) -> None:
+    def _answer_failure(self, cycle: Cycle, error: ErrorPage) -> None:
         """The response failed: an error page if nothing of a final response went out yet,
         else a TCP reset, so the client cannot take a cut response for a whole one."""
         if cycle.final_started:
@@ -238,8 +239,8 @@ class ResponseRelay:
         self._answer(cycle, error)
 
 
-def closed_error() -> KitError:
-    return KitError(
+def closed_error() -> ErrorPage:
+    return ErrorPage(
         503,
         "tunnel_closed",
         "The tunnel is closing: the connected machine is no longer serving this port.",
@@ -247,13 +248,13 @@ def closed_error() -> KitError:
     )
 
 
-def stream_error(stream: HttpStream) -> KitError:
+def stream_error(stream: HttpStream) -> ErrorPage:
     """What to answer for a stream reset before its response."""
     code = stream.reset_code
     if code is None:
         return closed_error()  # the session ended under it
     if code in (ErrorCode.REFUSED, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.SHUTDOWN):
-        return KitError(
+        return ErrorPage(
             503,
             "tunnel_closed" if code == ErrorCode.SHUTDOWN else "max_streams",
             f"The connected machine refused the connection ({stream.reset_reason or 'busy'}). "

@@ -23,12 +23,13 @@ from gevent.event import Event
 
 from tunnel.mux.pump import MAX_READ_SIZE, StreamOwner, StreamPump
 from tunnel.protocol import ErrorCode, LocalProtocolError
+from tunnel.protocol import TunnelError
 
 #: After our FIN, how long the client's side has to close the stream before it is reset.
 LINGER_S = 5.0
 
 
-class StreamGone(Exception):
+class StreamGone(TunnelError):
     """The stream was reset or finished while a request still needed it."""
 
 

@@ -94,6 +94,7 @@ class SessionView:
     bytes_out: int  # DATA payload bytes sent to the client
     rtt_ms: float | None
     bytes_retransmitted: int  # v2: DATA bytes sent again after resumes
+    parked: bool = False  # not in the API: ``state`` is its text
 
     @property
     def is_v2(self) -> bool:
@@ -152,6 +153,7 @@ class TunnelSessionView:
     active_streams: int
     expose_bindings: tuple[TunnelBindingView, ...]
     pull_bindings: tuple[TunnelBindingView, ...]
+    parked: bool = False  # not in the API: counts orphaned sessions without comparing state text
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +166,7 @@ class TunnelsView:
 
     @property
     def orphaned_sessions(self) -> int:
-        return sum(1 for session in self.sessions if session.state == "orphaned")
+        return sum(1 for session in self.sessions if session.parked)
 
     @property
     def total_bindings(self) -> int:
@@ -191,7 +193,7 @@ def _iso_utc(epoch_s: float) -> str:
 def _session_view(kit_session: KitSession, max_streams: int) -> SessionView:
     runner = kit_session.runner
     stats = runner.statistics()
-    rtt_s = kit_session.rtt_s if kit_session.rtt_s is not None else (stats.rtt_s if stats else None)
+    rtt_s = kit_session.rtt_s if kit_session.rtt_s is not None else stats.rtt_s
     bindings = tuple(
         BindingView(
             bind_id=binding.bind_id,
@@ -208,16 +210,17 @@ def _session_view(kit_session: KitSession, max_streams: int) -> SessionView:
         protocol=kit_session.protocol,
         state=session_state_text(kit_session.state),
         connections_granted=kit_session.permits_held,
-        active_streams=stats.active_streams if stats is not None else 0,
+        active_streams=stats.active_streams,
         max_streams=max_streams,
         bindings=bindings,
         client=kit_session.client_name,
         user_agent=kit_session.user_agent,
         created_at=_iso_utc(kit_session.created_at),
-        bytes_in=stats.data_bytes_received if stats is not None else 0,
-        bytes_out=stats.data_bytes_sent if stats is not None else 0,
+        bytes_in=stats.data_bytes_received,
+        bytes_out=stats.data_bytes_sent,
         rtt_ms=None if rtt_s is None else round(rtt_s * 1000.0, 3),
-        bytes_retransmitted=stats.bytes_retransmitted if stats is not None else 0,
+        bytes_retransmitted=stats.bytes_retransmitted,
+        parked=kit_session.parked,
     )
 
 
@@ -268,6 +271,7 @@ def tunnels_view(snapshot: KitSnapshot) -> TunnelsView:
                 active_streams=session.active_streams,
                 expose_bindings=_tunnel_bindings(session, BindKind.EXPOSE),
                 pull_bindings=_tunnel_bindings(session, BindKind.PULL),
+                parked=session.parked,
             )
             for session in snapshot.sessions
         ),

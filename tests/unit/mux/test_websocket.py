@@ -17,7 +17,7 @@ from tunnel.mux.websocket import (
     CloseCode,
     FrameHeader,
     FrameReader,
-    FramingError,
+    WebSocketFramingError,
     IncompleteReadError,
     Message,
     Opcode,
@@ -233,7 +233,7 @@ def test_header_encoding_rejects_out_of_range_values() -> None:
 
 
 def test_decode_rejects_64_bit_length_with_msb_set() -> None:
-    with pytest.raises(FramingError):
+    with pytest.raises(WebSocketFramingError):
         decode_frame_header(b"\x82\x7f" + struct.pack("!Q", 1 << 63))
 
 
@@ -356,7 +356,7 @@ VIOLATIONS: list[tuple[str, bytes, bool, int]] = [
 
 @pytest.mark.parametrize(("name", "wire", "expect_masked", "close_code"), VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
 def test_protocol_violations_raise_framing_error(name: str, wire: bytes, expect_masked: bool, close_code: int) -> None:
-    with pytest.raises(FramingError) as info:
+    with pytest.raises(WebSocketFramingError) as info:
         reader_for(wire, expect_masked=expect_masked).read_message()
     assert info.value.close_code == close_code
     assert not isinstance(info.value, OversizeMessageError)
@@ -379,7 +379,7 @@ def test_garbage_gives_messages_or_framing_errors_only(data: bytes, expect_maske
     try:
         for _ in range(100):
             reader.read_message()
-    except (FramingError, IncompleteReadError):
+    except (WebSocketFramingError, IncompleteReadError):
         pass
 
 
@@ -416,7 +416,7 @@ def test_forbidden_close_codes(code: int) -> None:
     assert not is_valid_close_code(code)
     with pytest.raises(ValueError):
         pack_close_payload(code)
-    with pytest.raises(FramingError) as info:
+    with pytest.raises(WebSocketFramingError) as info:
         parse_close_payload(struct.pack("!H", code))
     assert info.value.close_code == 1002
 
@@ -427,13 +427,13 @@ def test_allowed_close_codes(code: int) -> None:
 
 
 def test_close_payload_of_one_byte_is_a_protocol_error() -> None:
-    with pytest.raises(FramingError) as info:
+    with pytest.raises(WebSocketFramingError) as info:
         parse_close_payload(b"\x03")
     assert info.value.close_code == 1002
 
 
 def test_close_reason_with_invalid_utf8_is_1007() -> None:
-    with pytest.raises(FramingError) as info:
+    with pytest.raises(WebSocketFramingError) as info:
         parse_close_payload(b"\x03\xe8\xff\xfe")
     assert info.value.close_code == 1007
     assert CloseCode.INVALID_DATA.value == 1007

@@ -122,7 +122,7 @@ def test_wants_json(accept: bytes | None, expected: bool) -> None:
 
 
 def test_render_error_html_with_header_and_retry_after() -> None:
-    error = m.KitError(503, "max_streams", "The tunnel is busy <now>.", 1)
+    error = m.ErrorPage(503, "max_streams", "The tunnel is busy <now>.", 1)
     raw = m.render_error(error, accept=b"text/html")
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
@@ -134,7 +134,7 @@ def test_render_error_html_with_header_and_retry_after() -> None:
 
 
 def test_render_error_json_and_head() -> None:
-    error = m.KitError(502, "connect_failed", "Nothing is listening on 127.0.0.1:3000 on the connected machine.")
+    error = m.ErrorPage(502, "connect_failed", "Nothing is listening on 127.0.0.1:3000 on the connected machine.")
     raw = m.render_error(error, accept=b"application/json")
     body = raw.partition(b"\r\n\r\n")[2]
     assert json.loads(body) == {"error": error.message, "cause": "connect_failed", "status": 502}
@@ -144,7 +144,7 @@ def test_render_error_json_and_head() -> None:
 
 def test_every_cause_renders_and_parses_with_h11() -> None:
     for cause in HTTP_ERROR_CAUSES:
-        raw = m.render_error(m.KitError(503, cause, "x"), accept=None)
+        raw = m.render_error(m.ErrorPage(503, cause, "x"), accept=None)
         conn = h11.Connection(h11.CLIENT)
         conn.send(h11.Request(method="GET", target="/", headers=[("Host", "a")]))
         conn.send(h11.EndOfMessage())
