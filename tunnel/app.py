@@ -41,7 +41,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings = ensure_credentials(Settings.from_env(os.environ), announce_reuse=False)
 
     app = Flask("tunnel")
-    # JSON responses keep the schema's field order (admin-api.md lists them in this order).
+    # JSON responses keep the schema's field order, the order of the reference's tables
+    # (docs/admin-api.md §1).
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     metrics = Metrics(CollectorRegistry())

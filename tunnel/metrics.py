@@ -7,10 +7,10 @@ Live state (sessions, bindings, FD permits, orphans) is not kept in Gauges that 
 to move: a custom collector reads it at scrape time from the callable given to
 :meth:`Metrics.set_live_source` (the kit's ``live_gauges``), so the numbers cannot drift from the
 registry. The three gauges of the customer's reference keep their exact names and HELP texts
-(admin-api.md).
+(docs/admin-api.md §5).
 
 Labels stay low-cardinality: reasons, codes, kinds and directions from fixed sets; never a token,
-session id, port or peer address (admin-api.md "Where the reference is silent").
+session id, port or peer address (docs/admin-api.md §5).
 """
 
 from __future__ import annotations

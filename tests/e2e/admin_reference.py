@@ -1,9 +1,9 @@
-"""The customer's API reference (admin-api.md), as data: every object, field and JSON type.
+"""The customer's API reference (docs/admin-api.md), as data: every object, field and JSON type.
 
 This is the ONE place the admin e2e tests take expected fields and types from. Each object lists
 its fields as ``(name, json_type, required, nullable)``; ``REFERENCE`` holds exactly what the
 reference tables and examples give (the names and types there are binding), ``OURS`` the extra
-fields we add (admin-api.md "Where the reference is silent": ``state``; bytes, RTT, user agent,
+fields we add (docs/admin-api.md §1: ``state``; bytes, RTT, user agent,
 created time). A nested object or array names the object it holds.
 
 JSON types: "string", "integer", "number", "boolean", "object", "array".
@@ -28,7 +28,7 @@ def _f(name: str, json_type: str, *, nullable: bool = False, items: str | None =
     return Field(name, json_type, True, nullable, items)
 
 
-# admin-api.md, field by field. "Required: No" in the health table means "may be null" there:
+# docs/admin-api.md, field by field. "Required: No" in the health table means "may be null" there:
 # the kit always sends the key (tests/e2e/test_server_start.py checks the health keys).
 REFERENCE: dict[str, tuple[Field, ...]] = {
     "Health": (
@@ -106,7 +106,7 @@ OURS: dict[str, tuple[Field, ...]] = {
     "TunnelsOverview": (_f("fdBudget", "integer"),),
 }
 
-# Which object each endpoint answers with (admin-api.md), and the exact texts it fixes.
+# Which object each endpoint answers with (docs/admin-api.md §2), and the exact texts it fixes.
 ENDPOINT_OBJECTS = {
     "/api/v1/tunnel/health": "Health",
     "/api/v1/tunnel/sessions": "SessionList",
@@ -127,7 +127,7 @@ PUBLIC_ENDPOINTS = (
 UNAUTHORIZED = {"error": "Unauthorized"}
 SESSION_NOT_FOUND = {"error": "Session not found"}
 INVALID_GRACE_MS = {"error": "Invalid grace_ms: must be between 0 and 5000"}
-# admin-api.md "our decisions": each of these is invalid, and so is an empty value.
+# docs/admin-api.md §7: each of these is invalid, and so is an empty value.
 INVALID_GRACE_MS_VALUES = ("-1", "5001", "abc", "1.5", "+5", "")
 VALID_STATES = ("active", "orphaned", "closing")
 REFERENCE_GAUGES = {

@@ -112,7 +112,7 @@ def test_protected_endpoints_answer_401_without_the_admin_token(
     reply = kit.request(method, path, headers=headers)
     assert (reply.status, reply.json()) == (401, UNAUTHORIZED)
     assert reply.headers["www-authenticate"].startswith("Bearer")
-    # The client token is not an admin token (admin-api.md "our decisions").
+    # The client token is not an admin token (docs/admin-api.md §2).
     reply = kit.request(method, path, headers=auth(kit, kit.client_token))
     assert (reply.status, reply.json()) == (401, UNAUTHORIZED)
     # Invalid grace_ms and all: the token is checked first.

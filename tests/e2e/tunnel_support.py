@@ -593,7 +593,7 @@ def admin_get(kit: KitProcess, path: str) -> HttpReply:
 
 
 def tunnels_view(kit: KitProcess) -> HttpReply:
-    """GET /api/v1/tunnel/tunnels with the admin token (admin-api.md)."""
+    """GET /api/v1/tunnel/tunnels with the admin token (docs/admin-api.md §6.3)."""
     return admin_get(kit, TUNNELS_PATH)
 
 

@@ -1,5 +1,5 @@
 """One error root: every exception class the package defines derives from TunnelError, and no
-two of them share a name (house style: one vocabulary per concept)."""
+two of them share a name (docs/architecture.md §6: one vocabulary per concept)."""
 
 from __future__ import annotations
 

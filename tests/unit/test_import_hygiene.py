@@ -1,4 +1,4 @@
-"""Imports have no side effects (house style §5, §8), checked in fresh interpreters.
+"""Imports have no side effects (docs/architecture.md §4.1, §9), checked in fresh interpreters.
 
 - ``tunnel.protocol`` is sans-I/O: importing it pulls in neither gevent nor flask.
 - ``tunnel.config`` and ``tunnel.credentials`` run in gunicorn's master (gunicorn.conf.py),

@@ -2,7 +2,7 @@
 
 Protected: sessions, bindings, tunnels (and DELETE sessions/{id}). Public: health, metrics, the
 OpenAPI document and the WebSocket connect endpoint, which authenticates with client tokens in
-HELLO (admin-api.md "Where the reference is silent": auth). Without the header, or with a wrong
+HELLO (docs/admin-api.md §2: auth). Without the header, or with a wrong
 token: **401** ``{"error": "Unauthorized"}`` and ``WWW-Authenticate: Bearer`` (RFC 6750 §3).
 
 The comparison is constant-time (``hmac.compare_digest`` on bytes), and the token never goes to

@@ -1,4 +1,5 @@
-"""GET /api/v1/tunnel/bindings: every EXPOSE and PULL binding of every session (admin-api.md)."""
+"""GET /api/v1/tunnel/bindings: every EXPOSE and PULL binding of every session
+(docs/admin-api.md §6.2)."""
 
 from __future__ import annotations
 

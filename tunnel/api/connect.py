@@ -1,4 +1,5 @@
-"""GET /api/v1/tunnel/connect: the WebSocket control plane (admin-api.md, docs/protocol.md §1.1).
+"""GET /api/v1/tunnel/connect: the WebSocket control plane (docs/admin-api.md §8,
+docs/protocol.md §1.1).
 
 Two rules on one path (docs/gevent-websocket.md §2). Werkzeug 3 routes a WebSocket upgrade
 request only to a rule declared ``websocket=True``; without one it raises WebsocketMismatch. A

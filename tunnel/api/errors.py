@@ -1,6 +1,6 @@
 """Error handlers: every error the API answers is JSON ``{"error": "..."}``, never a traceback.
 
-Translation happens here and only here (house style §4):
+Translation happens here and only here (docs/architecture.md §5):
 
 - ``HTTPException`` (404, 405, 401, ``abort(404, "Session not found")``...) keeps its status and
   headers (``Allow`` on 405); the message is the description given to ``abort`` or, when none was,

@@ -1,4 +1,4 @@
-"""GET /api/v1/tunnel/health: the kit's health report. No authentication (admin-api.md).
+"""GET /api/v1/tunnel/health: the kit's health report. No authentication (docs/admin-api.md §4).
 
 Every figure describes the process that serves the request, which is the one gunicorn worker
 holding every session (gunicorn.conf.py: ``workers = 1``).

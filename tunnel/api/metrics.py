@@ -15,7 +15,7 @@ bp = Blueprint("metrics", __name__, url_prefix=API_PREFIX)
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    # text/plain; version=0.0.4: the format the customer's Prometheus scrapes (admin-api.md),
-    # and the one generate_latest() writes.
+    # text/plain; version=0.0.4: the format the customer's Prometheus scrapes
+    # (docs/admin-api.md §5), and the one generate_latest() writes.
     body = generate_latest(current_metrics().registry)
     return Response(body, status=200, content_type=CONTENT_TYPE_PLAIN_0_0_4)

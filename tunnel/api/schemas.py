@@ -1,4 +1,5 @@
-"""marshmallow schemas of the admin API: field names and types exactly as admin-api.md gives them.
+"""marshmallow schemas of the admin API: field names and types exactly as docs/admin-api.md
+gives them.
 
 Python attributes are snake_case; ``data_key`` carries the customer's camelCase names. Schemas
 keep marshmallow's default ``unknown = RAISE``: an unexpected input field is an error, never
@@ -53,7 +54,7 @@ class MemorySchema(Schema):
 
 
 class HealthSchema(Schema):
-    """GET /api/v1/tunnel/health (admin-api.md, Health & Monitoring)."""
+    """GET /api/v1/tunnel/health (docs/admin-api.md §4)."""
 
     status = fields.String(required=True)
     service = fields.String(required=True)
@@ -66,20 +67,20 @@ class HealthSchema(Schema):
     user_agent = fields.String(required=True, data_key="userAgent")
 
 
-# -- sessions, bindings, tunnels (admin-api.md "Sessions & Bindings") -------------------------
+# -- sessions, bindings, tunnels (docs/admin-api.md §6) ------------------------------------------
 #
 # The reference's fields come first, in the reference's order, with its names and JSON types.
-# Fields after them are ours (admin-api.md "Where the reference is silent": ``state`` is
+# Fields after them are ours (docs/admin-api.md §1: ``state`` is
 # required; bytes, RTT, user agent and created time are welcome). Every field of a response is
 # ``required``: the OpenAPI document (tunnel.api.openapi) lists them as such, and clients may
 # rely on each key being present (null where the type says so).
 
-#: Session states the views show (admin-api.md "our decisions"; docs/operations.md).
+#: Session states the views show (docs/admin-api.md §6.4; docs/operations.md).
 SESSION_STATES = ("active", "orphaned", "closing")
 BIND_KINDS = ("EXPOSE", "PULL")
 BIND_MODES = ("tcp", "http")
 PROTOCOLS = ("hoody-tunnel.v1", "hoody-tunnel.v2")
-#: DELETE /sessions/{id}?grace_ms=: the exact 400 text (admin-api.md).
+#: DELETE /sessions/{id}?grace_ms=: the exact 400 text (docs/admin-api.md §7).
 GRACE_MS_MIN = 0
 GRACE_MS_MAX = 5000
 GRACE_MS_DEFAULT = 50
@@ -208,7 +209,7 @@ class TunnelsOverviewSchema(Schema):
 
 
 class GraceMilliseconds(fields.Integer):
-    """``grace_ms``: decimal digits only, 0-5000 (admin-api.md "our decisions").
+    """``grace_ms``: decimal digits only, 0-5000 (docs/admin-api.md §7).
 
     ``fields.Integer`` alone would take ``+5``, ``-1`` (then caught by the range), `` 5`` and
     ``５`` (a fullwidth digit); here the text must be ASCII digits before it becomes a number.

@@ -1,6 +1,7 @@
-"""GET /api/v1/tunnel/sessions and DELETE /api/v1/tunnel/sessions/{session_id} (admin-api.md).
+"""GET /api/v1/tunnel/sessions and DELETE /api/v1/tunnel/sessions/{session_id}
+(docs/admin-api.md §6.1, §7).
 
-DELETE, in this order (admin-api.md "our decisions"):
+DELETE, in this order (docs/admin-api.md §7):
 
 1. the admin token (401), like every admin endpoint (tunnel.api.auth);
 2. ``grace_ms``: validated before the session is looked up, so an invalid value is 400

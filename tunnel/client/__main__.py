@@ -1,7 +1,7 @@
 """``python -m tunnel.client`` and the ``hoody-tunnel`` console script.
 
-gevent must patch the standard library before anything else imports it (house style §5), so
-this module patches on its first lines and only then imports the CLI.
+gevent must patch the standard library before anything else imports it (docs/architecture.md
+§4.1), so this module patches on its first lines and only then imports the CLI.
 """
 
 from __future__ import annotations

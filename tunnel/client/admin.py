@@ -1,4 +1,4 @@
-"""The admin API SDK: typed calls to a kit's management endpoints (admin-api.md).
+"""The admin API SDK: typed calls to a kit's management endpoints (docs/admin-api.md §2).
 
 Method names follow the customer's TypeScript client (``client.tunnel.*``)::
 

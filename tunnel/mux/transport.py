@@ -418,7 +418,7 @@ class SocketTransport:
             timer.close()
 
     def _sendall(self, buffers: list[bytes | bytearray | memoryview]) -> None:
-        assert self._write_lock.locked()  # house style §5: callers hold the write lock
+        assert self._write_lock.locked()  # docs/architecture.md §4.2: callers hold the write lock
         if len(buffers) == 1:
             send_all(self._sock, buffers[0])
             return

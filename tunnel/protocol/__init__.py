@@ -1,6 +1,6 @@
 """hoody-tunnel's sans-I/O protocol core: frames, streams, flow control and the Session.
 
-Stdlib only: no sockets, no gevent, no clock, no randomness (house-style §2). The driver
+Stdlib only: no sockets, no gevent, no clock, no randomness (docs/architecture.md §3). The driver
 (``tunnel.mux``) feeds a :class:`Session` WebSocket messages and the time, and writes what it
 returns. The wire format is described in docs/protocol.md.
 """

@@ -4,7 +4,7 @@
 A code received from the peer that this version does not know stays a plain ``int``
 (:func:`error_code_from_wire`), so a newer peer never breaks an older one.
 
-Exception tree (house-style §4)::
+Exception tree (docs/architecture.md §5)::
 
     TunnelError                 root: everything we raise on purpose
     ├── ProtocolError           .error_code; abstract (h11): only the two subclasses are raised

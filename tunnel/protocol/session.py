@@ -19,7 +19,7 @@ Session states::
         client: DETACHED --send_resume--> RESUMING --WELCOME(resumed)--> OPEN
     any --protocol error / connection_lost / GOAWAY before OPEN--> CLOSED
 
-Error model (house-style §4): a command that breaks the rules raises
+Error model (docs/architecture.md §5): a command that breaks the rules raises
 :class:`~tunnel.protocol.errors.LocalProtocolError`. A peer that breaks a session rule makes
 ``receive_message`` queue ``GOAWAY(code, reason)``, move to CLOSED and raise
 :class:`~tunnel.protocol.errors.RemoteProtocolError`. A peer that breaks a stream rule gets an RST

@@ -1,4 +1,5 @@
-"""Read-only views of the kit's live objects, for the admin API (admin-api.md, docs/protocol.md §12).
+"""Read-only views of the kit's live objects, for the admin API (docs/admin-api.md §6,
+docs/protocol.md §12).
 
 Each function takes one :class:`KitSnapshot` of the kit and builds frozen dataclasses from it;
 nothing here changes a session, a binding or the FD budget. The API's marshmallow schemas

@@ -17,7 +17,7 @@ from tunnel.protocol import config, core, errors, events, flow, frames, messages
 EXPORTED_MODULES = [config, errors, events, flow, frames, messages, session]
 EXPORTED_NAMES = {"SessionState": core, "StreamState": stream}
 PROTOCOL_DIR = Path(package.__file__).parent
-# stdlib modules the sans-I/O core must never import (house-style §2).
+# stdlib modules the sans-I/O core must never import (docs/architecture.md §3).
 FORBIDDEN = {"socket", "select", "selectors", "time", "random", "secrets", "os", "threading", "asyncio"}
 
 
