@@ -4,8 +4,12 @@ The one citation form (docs/gevent-websocket.md, at the top): ``docs/<file>.md``
 followed by ``§N``, the number of one of that file's numbered headings, and by more sections of
 the same file (``docs/protocol.md §7.6, §12``, ``docs/protocol.md §13 and §14``). A bare ``§N``
 is allowed only inside a numbered doc of docs/, for its own sections, and after a standard
-(``RFC 6455 §5.3``) or the house style. Relative Markdown links in docs/ and README.md must resolve.
-Nothing may cite the original design documents, which are not in the repository.
+(``RFC 6455 §5.3``). Relative Markdown links in docs/ and README.md must resolve.
+
+Nothing may cite a document that is not in the repository: the original wire spec, the traps
+list, the customer's admin API page (the project's own is docs/admin-api.md, and only that path
+may name it; inside docs/ a relative Markdown link to it is fine), the original style guide (its
+rules are docs/architecture.md now), or anything in the shared folder.
 
 Pure: reads files under the repository root, nothing else.
 """
@@ -33,9 +37,8 @@ DOC_PATH_RE = re.compile(r"(?<![\w/.-])docs/[\w./-]*[\w-]")
 DOC_CITATION_RE = re.compile(
     r"(?<![\w/.-])(?P<doc>docs/[\w./-]*[\w-]\.md)(?:\]\((?P=doc)\))?(?:" + GAP + r"(?P<chain>" + CHAIN + r"))?"
 )
-# Sections of a standard (RFC 6455 §5.3), or of the house style: not ours to check. (The house
-# style is not in the repository either; it is tolerated here until it is.)
-FOREIGN_CHAIN_RE = re.compile(r"(?:RFC[ \t]+\d+|house[- ]style)(?:'s)?[ \t]+" + CHAIN)
+# Sections of a standard (RFC 6455 §5.3): not ours to check.
+FOREIGN_CHAIN_RE = re.compile(r"RFC[ \t]+\d+(?:'s)?[ \t]+" + CHAIN)
 BARE_SECTION_RE = re.compile(r"§(?P<section>" + SECTION + r")")
 HEADING_RE = re.compile(r"^#{1,6}[ \t]+(?P<number>" + SECTION + r")\.?[ \t]", re.M)
 MARKDOWN_LINK_RE = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s#]+)(?:#[^)\s]*)?\)")
@@ -45,7 +48,12 @@ FORBIDDEN = (
     ("the original wire spec", re.compile("wire" + "-protocol")),
     ("the shared folder", re.compile(re.escape(".." + "/shared"))),
     ("the traps list", re.compile(r"\b" + "[Tt]rap" + r"s?:?[ \t]+\d")),
+    ("the original style guide (cite docs/architecture.md)", re.compile("(?i)house" + r"[- ]" + "style")),
 )
+# The customer's admin API page by any other path than docs/ (a name, a shared/ path, a relative
+# path outside docs/): cite docs/admin-api.md.
+ADMIN_API_NAME_RE = re.compile("admin" + r"-api(?:\.md|[ \t]+§)")
+ADMIN_API_WHAT = "the customer's admin API page (cite docs/admin-api.md)"
 
 
 def scanned_files() -> list[Path]:
@@ -107,6 +115,15 @@ def citation_problems(relpath: str, text: str, root: Path = REPO_ROOT) -> list[s
         for match in regex.finditer(text):
             problems.append(f"{relpath}:{line_of(text, match.start())}: cites {what} ({match.group(0)!r})")
 
+    for match in ADMIN_API_NAME_RE.finditer(text):
+        before = text[max(0, match.start() - 5) : match.start()]
+        ahead = text[max(0, match.start() - 6) : match.start() - 5]
+        if before == "docs/" and not re.match(r"[\w/.-]", ahead):
+            continue  # docs/admin-api.md, the one allowed form
+        if relpath.startswith("docs/") and text[max(0, match.start() - 2) : match.start()] == "](":
+            continue  # a relative Markdown link from a page of docs/ to its sibling
+        problems.append(f"{relpath}:{line_of(text, match.start())}: cites {ADMIN_API_WHAT} ({match.group(0)!r})")
+
     if relpath.endswith(".md"):
         base = (root / relpath).parent
         for match in MARKDOWN_LINK_RE.finditer(text):
@@ -139,6 +156,10 @@ def test_this_file_is_scanned() -> None:
 
 # Spelled in pieces too, so that the examples do not count as citations in this file.
 PROTOCOL = "docs/" + "protocol.md"
+ADMIN_API = "docs/" + "admin" + "-api.md"
+ARCHITECTURE = "docs/" + "architecture.md"
+ADMIN_API_NAME = "admin" + "-api.md"
+HOUSE = "house"
 S = "\N{SECTION SIGN}"
 
 
@@ -151,6 +172,9 @@ S = "\N{SECTION SIGN}"
         f"a range: {PROTOCOL} {S}2-{S}4",
         f"masking (RFC 6455 {S}5.3, {S}5.5.1)",
         f"{PROTOCOL} without a section",
+        f"the DELETE order ({ADMIN_API} {S}7), the views ({ADMIN_API} {S}6.1, {S}7)",
+        f"field names as {ADMIN_API} gives them",
+        f"(the write lock: {ARCHITECTURE} {S}4.2; {ARCHITECTURE} {S}4.1, {S}9)",
     ],
 )
 def test_checker_accepts(text: str) -> None:
@@ -170,11 +194,36 @@ def test_checker_accepts(text: str) -> None:
         ("see " + ".." + "/shared/spec", "cites the shared folder"),
         ("the lock (" + "trap" + " 6)", "cites the traps list"),
         ("(" + "Trap" + "s: 12)", "cites the traps list"),
+        (f"{ADMIN_API} {S}99", f"has no section {S}99"),
+        (f"{ADMIN_API} {S}6.1, {S}6.9", f"has no section {S}6.9"),
+        (f"{ARCHITECTURE} {S}99", f"has no section {S}99"),
+        (f"{ARCHITECTURE} {S}4.1, {S}4.7", f"has no section {S}4.7"),
+        (f"(the API reference, {ADMIN_API_NAME})", "cites the customer's admin API page"),
+        (f"({ADMIN_API_NAME} \"our decisions\")", "cites the customer's admin API page"),
+        ("see " + ".." + f"/shared/spec/{ADMIN_API_NAME}", "cites the customer's admin API page"),
+        (f"see spec/{ADMIN_API_NAME}", "cites the customer's admin API page"),
+        (f"see tests/docs/{ADMIN_API_NAME}", "cites the customer's admin API page"),
+        ("admin" + f"-api {S}3", "cites the customer's admin API page"),
+        (f"({HOUSE} style {S}4)", "cites the original style guide"),
+        (f"({HOUSE}-style {S}2)", "cites the original style guide"),
+        (f"({HOUSE} style: one vocabulary per concept)", "cites the original style guide"),
+        (f"{HOUSE.capitalize()} style {S}5", f"bare {S}5"),
     ],
 )
 def test_checker_refuses(text: str, expected: str) -> None:
     problems = citation_problems("tunnel/example.py", text)
     assert any(expected in problem for problem in problems), problems
+
+
+def test_a_page_of_docs_may_link_to_admin_api_by_its_relative_path() -> None:
+    link = f"[the admin API]({ADMIN_API_NAME}#7-delete)"
+    assert citation_problems("docs/operations.md", link) == []
+    assert any("admin API page" in p for p in citation_problems("tunnel/example.py", link))
+
+
+def test_the_two_reference_docs_are_numbered() -> None:
+    for doc in (ADMIN_API, ARCHITECTURE):
+        assert {"1", "2", "3"} <= sections_of(REPO_ROOT / doc), doc
 
 
 def test_a_numbered_doc_may_cite_its_own_sections_bare() -> None:
