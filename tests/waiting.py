@@ -6,8 +6,9 @@
   fail with what was awaited and the last value seen.
 - :func:`holds_for`: the converse, an absence check: a condition stays true for a while.
 
-These are the only loops in the tests that sleep. Everything else waits on an event, a
-condition variable or a socket with a timeout, never on a fixed sleep.
+These are the only places where tests sleep to wait for something. Everything else waits on an
+event, a condition variable or a socket with a timeout; the few other sleeps in the tests are
+part of a scenario (how long an outage lasts, a slow client, staggered starts) and say so.
 
 Sleeping works under gevent and without it: when the calling thread has a gevent hub (the
 integration tests drive the kit and the client as greenlets in the test's own thread, without
@@ -60,7 +61,7 @@ class WaitTimeout(AssertionError):
 
 
 def wait_until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout_s: float,
     what: str,
     *,

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import psutil
 
-from tests.e2e.harness import KitProcess, scaled_s
+from tests.e2e.harness import KitProcess
+from tests.waiting import scaled_s
 
 MakeKit = Callable[..., KitProcess]
 

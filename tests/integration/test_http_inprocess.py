@@ -1,5 +1,5 @@
 """HTTP mode in one process: the kit (create_app under pywsgi with our handler), the real
-TunnelClient, and the real local target (tests/e2e/test_http_support.target_app under pywsgi with
+TunnelClient, and the real local target (tests/e2e/http_support.target_app under pywsgi with
 gevent-websocket), over loopback sockets. The tests see the kit's objects, so they can check what
 never reached the client's side, which streams exist, and the metrics.
 """
@@ -22,7 +22,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from tests.waiting import scaled_s, wait_until
-from tests.e2e.test_http_support import (
+from tests.e2e.http_support import (
     HttpClient,
     pattern_chunks,
     pattern_sha256,

@@ -15,7 +15,8 @@ from gevent.event import Event
 from gevent.queue import Queue
 from gevent.server import StreamServer
 
-from tests.e2e.test_http_support import read_raw_response, read_until_close
+from tests.e2e.http_support import read_raw_response
+from tests.e2e.loopback import recv_until_eof
 from tests.integration.test_http_inprocess import Harness, _streams
 from tests.integration.test_http_inprocess import harness, make_harness  # noqa: F401 (fixtures)
 from tests.waiting import holds_for, scaled_s, wait_until
@@ -69,7 +70,7 @@ def test_a_response_before_the_request_body_ends_is_relayed(harness: Harness, ra
         # A lingering close, as servers do: closing with unread bytes would be a TCP reset,
         # which can destroy the response before the tunnel client reads it.
         sock.shutdown(gsocket.SHUT_WR)
-        read_until_close(sock)
+        recv_until_eof(sock)
         sock.close()
 
     port = harness.start_client(target_port=raw_target(refuse_upload))
@@ -81,7 +82,7 @@ def test_a_response_before_the_request_body_ends_is_relayed(harness: Harness, ra
     assert received.get(timeout=scaled_s(5)).startswith(b"POST /upload HTTP/1.1\r\n")
     # The rest of the body is not wanted: the kit closes the connection (after reading and
     # dropping what the client still sends), and gives the stream back.
-    assert read_until_close(client) == b""
+    assert recv_until_eof(client) == b""
     client.close()
     wait_until(lambda: _streams(harness) == 0, 10, "the stream to be given back")
 
@@ -173,7 +174,7 @@ def test_a_response_to_head_has_no_body_even_with_content_length(harness: Harnes
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
         head, _ = _read_head(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
-        read_until_close(sock)
+        recv_until_eof(sock)
 
     port = harness.start_client(target_port=raw_target(head_then_get))
     client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
@@ -227,7 +228,7 @@ def test_a_client_that_leaves_while_waiting_gets_its_stream_reset(
     def long_poll(sock: gsocket.socket) -> None:
         _read_head(sock)  # ... and never answer
         try:
-            read_until_close(sock)
+            recv_until_eof(sock)
         except OSError:
             pass  # a reset is an end too
         target_saw_the_end.set()
@@ -255,7 +256,7 @@ def test_a_pipelined_request_is_not_taken_for_a_client_that_left(
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
         _read_head(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
-        read_until_close(sock)
+        recv_until_eof(sock)
 
     port = harness.start_client(target_port=raw_target(slow))
     client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(20))

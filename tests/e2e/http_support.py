@@ -1,4 +1,4 @@
-"""Support for the HTTP-mode tests (no tests here): a real local HTTP server and small clients.
+"""Support for the HTTP-mode tests (e2e and integration): a real local HTTP server and small clients.
 
 - :func:`target_app`: a WSGI app served by gevent's pywsgi with gevent-websocket's handler (the
   local target behind an ``--expose .../http``): ``/headers`` answers the request's headers as
@@ -6,7 +6,7 @@
   (Content-Length or chunked), ``/echo`` streams the body back chunked while reading it, ``/close``
   answers with ``Connection: close``, ``/slow?s=N`` answers after N seconds, ``/ws`` is a WebSocket
   echo. Nothing is buffered whole.
-- ``python -m tests.e2e.test_http_support FD``: serve it on an inherited listening socket
+- ``python -m tests.e2e.http_support FD``: serve it on an inherited listening socket
   (e2e tests start it as a subprocess, so the test process stays unpatched).
 - :class:`HttpClient`: one client connection driven by h11 (keep-alive, chunked, streaming);
   it works on stdlib sockets (e2e) and gevent sockets (integration) alike.
@@ -29,6 +29,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import h11
+
+from tests.e2e.loopback import recv_exactly
+from tests.e2e.wire import ws_client_frame
 
 BLOCK_SIZE = 1 << 20
 
@@ -251,13 +254,6 @@ def read_raw_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             return status, headers, bytes(body)
 
 
-def read_until_close(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while chunk := sock.recv(65536):
-        data += chunk
-    return bytes(data)
-
-
 # -- a minimal WebSocket client ---------------------------------------------------------------------
 
 
@@ -283,36 +279,17 @@ def ws_handshake(sock: socket.socket, path: str = "/ws") -> bytes:
 
 
 def ws_send(sock: socket.socket, payload: bytes, opcode: int = 0x2) -> None:
-    mask = os.urandom(4)
-    length = len(payload)
-    if length < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-    elif length < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    sock.sendall(head + mask + masked)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(data)} of {size} bytes")
-        data += chunk
-    return bytes(data)
+    sock.sendall(ws_client_frame(opcode, payload, os.urandom(4)))
 
 
 def ws_recv(sock: socket.socket) -> tuple[int, bytes]:
-    b0, b1 = _recv_exactly(sock, 2)
+    b0, b1 = recv_exactly(sock, 2)
     length = b1 & 0x7F
     if length == 126:
-        length = struct.unpack("!H", _recv_exactly(sock, 2))[0]
+        length = struct.unpack("!H", recv_exactly(sock, 2))[0]
     elif length == 127:
-        length = struct.unpack("!Q", _recv_exactly(sock, 8))[0]
-    return b0 & 0x0F, _recv_exactly(sock, length)
+        length = struct.unpack("!Q", recv_exactly(sock, 8))[0]
+    return b0 & 0x0F, recv_exactly(sock, length)
 
 
 if __name__ == "__main__":
