@@ -30,8 +30,8 @@ from urllib.parse import parse_qs
 
 import h11
 
-from tests.e2e.loopback import recv_exactly
-from tests.e2e.wire import ws_client_frame
+from tests.e2e.loopback import recv_exactly, recv_until
+from tests.e2e.wire import ws_client_frame, ws_key, ws_upgrade_request
 
 BLOCK_SIZE = 1 << 20
 
@@ -218,6 +218,20 @@ class HttpClient:
             self.closed_by_server = True
         return Reply(response.status_code, headers, b"".join(parts), response.headers.raw_items())
 
+    def read_response_hashed(self) -> tuple[Reply, str, int]:
+        """Read one response, hashing its body as it streams in (nothing kept): returns the reply
+        (with an empty body), the body's sha256 and its size."""
+        digest = hashlib.sha256()
+        size = 0
+
+        def take(data: bytes) -> None:
+            nonlocal size
+            digest.update(data)
+            size += len(data)
+
+        reply = self.read_response(on_data=take)
+        return reply, digest.hexdigest(), size
+
     def request(self, method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Reply:
         hdrs = list(headers or [])
         if body and not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in hdrs):
@@ -259,19 +273,9 @@ def read_raw_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 def ws_handshake(sock: socket.socket, path: str = "/ws") -> bytes:
     """Send the upgrade; return the response head (raises unless it is a 101)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: tunnel.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        if not chunk:
-            raise AssertionError(f"closed during the WebSocket handshake: {head!r}")
-        head += chunk
+    key = ws_key()
+    sock.sendall(ws_upgrade_request(path, "tunnel.test", key))
+    head = recv_until(sock, b"\r\n\r\n", chunk_size=1)  # not a byte more: frames follow
     assert head.startswith(b"HTTP/1.1 101"), head
     accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
     assert accept in head, head

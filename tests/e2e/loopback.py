@@ -73,6 +73,18 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
+def recv_until(sock: socket.socket, marker: bytes, chunk_size: int = 65536) -> bytes:
+    """Read until ``marker`` has arrived; returns all that was read, which may go on past the
+    marker (``chunk_size=1`` stops right after it). AssertionError on EOF before the marker."""
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(chunk_size)
+        if not chunk:
+            raise AssertionError(f"EOF before {marker!r}: {data!r}")
+        data += chunk
+    return data
+
+
 def recv_until_eof(sock: socket.socket, chunk_size: int = 65536) -> bytes:
     """Everything until the peer's EOF."""
     data = bytearray()

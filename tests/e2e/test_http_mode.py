@@ -6,7 +6,6 @@ and curl through the container port.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -184,20 +183,13 @@ def _upload(port: int, size: int, *, chunked: bool, seed: int) -> dict[str, Any]
 
 def _download(port: int, size: int, *, chunked: bool, seed: int) -> tuple[str, int]:
     connection = http(port)
-    digest = hashlib.sha256()
-    count = [0]
-
-    def take(data: bytes) -> None:
-        digest.update(data)
-        count[0] += len(data)
-
     connection.send_request("GET", f"/download?size={size}&seed={seed}&chunked={int(chunked)}")
     connection.end_request()
-    reply = connection.read_response(on_data=take)
+    reply, sha256, received = connection.read_response_hashed()
     connection.close()
     assert reply.status == 200
     assert ("transfer-encoding" in reply.headers) == chunked
-    return digest.hexdigest(), count[0]
+    return sha256, received
 
 
 @pytest.mark.timeout(600)
@@ -230,16 +222,10 @@ def test_chunked_bodies_both_ways_byte_exact(kit: KitProcess, target: Target, cl
     # Chunked both ways on one request: the target echoes the chunked body as it reads it.
     connection = http(port)
     connection.send_request("POST", "/echo", [("Transfer-Encoding", "chunked")])
-    digest = hashlib.sha256()
-    count = [0]
     done: dict[str, Any] = {}
 
     def read() -> None:
-        def take(data: bytes) -> None:
-            digest.update(data)
-            count[0] += len(data)
-
-        done["reply"] = connection.read_response(on_data=take)
+        done["reply"], done["sha256"], done["size"] = connection.read_response_hashed()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -249,7 +235,7 @@ def test_chunked_bodies_both_ways_byte_exact(kit: KitProcess, target: Target, cl
     connection.end_request()
     reader.join(scaled_s(120))
     assert done["reply"].headers["transfer-encoding"] == "chunked"
-    assert (digest.hexdigest(), count[0]) == (pattern_sha256(8, echo_size), echo_size)
+    assert (done["sha256"], done["size"]) == (pattern_sha256(8, echo_size), echo_size)
     connection.close()
 
 

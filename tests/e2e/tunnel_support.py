@@ -13,7 +13,6 @@ synchronise.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tests.e2e.harness import REPO_ROOT, KitProcess
-from tests.e2e.loopback import TcpServer, free_port_candidate
+from tests.e2e.loopback import TcpServer, free_port_candidate, recv_until
 from tests.e2e.wire import (
     BIND,
     BIND_ERR,
@@ -48,6 +47,8 @@ from tests.e2e.wire import (
     encode_frame,
     split_frames,
     ws_client_frame,
+    ws_key,
+    ws_upgrade_request,
 )
 from tests.waiting import scaled_s
 
@@ -297,22 +298,16 @@ class RawClient:
     def connect(cls, kit: KitProcess, version: str = "v2", timeout_s: float = 10.0) -> RawClient:
         sock = socket.create_connection((kit.host, kit.port), timeout=scaled_s(timeout_s))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        key = base64.b64encode(os.urandom(16)).decode()
         protocol = f"hoody-tunnel.{version}"
         sock.sendall(
-            (
-                f"GET {CONNECT_PATH} HTTP/1.1\r\nHost: {kit.host}:{kit.port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Sec-WebSocket-Protocol: {protocol}\r\nUser-Agent: e2e-raw-client\r\n\r\n"
-            ).encode()
+            ws_upgrade_request(
+                CONNECT_PATH,
+                f"{kit.host}:{kit.port}",
+                ws_key(),
+                {"Sec-WebSocket-Protocol": protocol, "User-Agent": "e2e-raw-client"},
+            )
         )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"connection closed during the upgrade: {data!r}")
-            data += chunk
+        data = recv_until(sock, b"\r\n\r\n")
         head, _, rest = data.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         assert lines[0].split()[1] == "101", f"upgrade refused: {data!r}"

@@ -10,8 +10,11 @@ transport, hand-decoded frames) and :mod:`tests.e2e.fault_proxy` (frame boundari
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +96,26 @@ def split_frames(message: bytes | bytearray | memoryview) -> list[Frame]:
 
 
 # -- RFC 6455, the client's side ---------------------------------------------------------------
+
+
+def ws_key() -> str:
+    """A fresh Sec-WebSocket-Key: 16 random bytes, base64."""
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def ws_upgrade_request(path: str, host: str, key: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """A client's opening handshake (RFC 6455 §4.1): GET ``path`` with the upgrade headers and
+    ``key``, then ``headers`` (e.g. Sec-WebSocket-Protocol)."""
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def mask(data: bytes, key: bytes) -> bytes:

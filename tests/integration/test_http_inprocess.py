@@ -221,15 +221,10 @@ def test_chunked_bodies_both_ways_byte_exact(harness: Harness) -> None:
     client = harness.http(port)
     size = 8 * 1024 * 1024
     client.send_request("POST", "/echo", [("Transfer-Encoding", "chunked")])
-    received = hashlib.sha256()
-    count = [0]
+    received: dict[str, Any] = {}
 
     def read() -> None:
-        def take(data: bytes) -> None:
-            received.update(data)
-            count[0] += len(data)
-
-        reply = client.read_response(on_data=take)
+        reply, received["sha256"], received["size"] = client.read_response_hashed()
         assert reply.status == 200
         assert reply.headers.get("transfer-encoding") == "chunked"
 
@@ -238,8 +233,8 @@ def test_chunked_bodies_both_ways_byte_exact(harness: Harness) -> None:
         client.send_body(piece)
     client.end_request()
     reader.get(timeout=scaled_s(60))
-    assert count[0] == size
-    assert received.hexdigest() == pattern_sha256(7, size)
+    assert received["size"] == size
+    assert received["sha256"] == pattern_sha256(7, size)
     assert client.request("GET", "/headers").status == 200  # the connection is still good
     client.close()
 
@@ -257,18 +252,11 @@ def test_large_upload_and_download_byte_exact(harness: Harness, chunked: bool) -
     reply = client.read_response()
     assert reply.json() == {"size": size, "sha256": pattern_sha256(3, size)}
 
-    digest = hashlib.sha256()
-    count = [0]
-
-    def take(data: bytes) -> None:
-        digest.update(data)
-        count[0] += len(data)
-
     client.send_request("GET", f"/download?size={size}&seed=5&chunked={int(chunked)}")
     client.end_request()
-    reply = client.read_response(on_data=take)
-    assert reply.status == 200 and count[0] == size
-    assert digest.hexdigest() == pattern_sha256(5, size)
+    reply, sha256, received = client.read_response_hashed()
+    assert reply.status == 200 and received == size
+    assert sha256 == pattern_sha256(5, size)
     assert harness.metric("hoody_tunnel_http_bytes_total", direction="request") > size
     assert harness.metric("hoody_tunnel_http_bytes_total", direction="response") > size
     client.close()
