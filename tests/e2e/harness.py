@@ -3,8 +3,9 @@
 The test binds and listens on 127.0.0.1 port 0 itself, then hands the socket to gunicorn with
 ``--bind fd://N`` (Popen ``pass_fds``): the port is known before the server starts, with no racy
 "find a free port" step, and connections made before the worker is up wait in the backlog.
-Readiness is polled on GET /api/v1/tunnel/health against a deadline; on failure the server's
-stdout and stderr are part of the error. Teardown sends SIGTERM to the process group
+Readiness is polled on GET /api/v1/tunnel/health with ``tests.waiting.wait_until`` (a scaled
+deadline); on failure the server's stdout and stderr are part of the error, as they are when
+:meth:`KitProcess.wait_log` waits for a log line. Teardown sends SIGTERM to the process group
 (``start_new_session=True``), then SIGKILL after a deadline.
 """
 
@@ -197,7 +198,8 @@ class KitProcess:
         return self.request("GET", path, **kwargs)
 
     def wait_ready(self, timeout_s: float = 30.0) -> HttpReply:
-        """Poll GET /health until it answers 200; raise with the server's output otherwise.
+        """Poll GET /health until it answers 200 (``timeout_s`` scaled); raise with the server's
+        output otherwise.
 
         The socket listens before gunicorn starts, so each attempt simply waits in the backlog
         until the worker accepts; the per-attempt timeout only bounds how long the process can
