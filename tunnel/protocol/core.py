@@ -6,12 +6,7 @@ each file readable; only ``Session`` is public.
 
 Receiving rules beyond the per-frame codec rules (wire-protocol.md §2-§6, docs/protocol.md):
 
-* Direction: the server never accepts WELCOME, BIND_OK or BIND_ERR; the client never accepts
-  HELLO or BIND.
-* Order: the server's first frame must be HELLO, and a second HELLO is an error. Until it sent
-  WELCOME, the server accepts nothing but GOAWAY. The client accepts nothing but WELCOME or
-  GOAWAY until WELCOME (and only GOAWAY before it sent HELLO). GOAWAY is accepted in every state
-  but the server's IDLE (nothing but HELLO comes first).
+* Direction and order: :func:`~tunnel.protocol.session_state.check_receivable`.
 * OPEN: the opener's parity (client odd, server even) and strictly increasing ids, else a
   session error. Beyond ``max_streams`` streams opened by the peer and still open, or after we
   sent GOAWAY: RST(REFUSED) and a StreamRefused event.
@@ -23,11 +18,9 @@ Receiving rules beyond the per-frame codec rules (wire-protocol.md §2-§6, docs
 
 from __future__ import annotations
 
-from enum import Enum
-
 from tunnel.protocol import events as ev
 from tunnel.protocol.config import Role, SessionConfig
-from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, truncate_text
 from tunnel.protocol.flow import Window
 from tunnel.protocol.frames import (
     MAX_FRAME_SIZE_LIMIT,
@@ -53,63 +46,10 @@ from tunnel.protocol.messages import Hello, Welcome
 from tunnel.protocol.outbox import Outbox
 from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE, validate_bind_values
 from tunnel.protocol.replay import MAX_CLOSED_RECORDS, MAX_CLOSED_REPLAY_SIZE
+from tunnel.protocol.session_state import SessionState, check_receivable
 from tunnel.protocol.stream import Opener, Stream, StreamEffect, StreamInput, StreamState
 
-__all__ = ["MAX_REASON_SIZE", "SessionCore", "SessionState", "check_code", "truncate_text"]
-
-#: Longest reason text put in an RST, GOAWAY or BIND_ERR we send (bytes of UTF-8).
-MAX_REASON_SIZE = 1024
-
-# Frame types only the server receives / only the client receives.
-_TO_SERVER_ONLY = frozenset({FrameType.HELLO, FrameType.BIND})
-_TO_CLIENT_ONLY = frozenset({FrameType.WELCOME, FrameType.BIND_OK, FrameType.BIND_ERR})
-
-
-class SessionState(Enum):
-    """Where a session is in its life.
-
-    ::
-
-        CLIENT: IDLE --send_hello--> HELLO_SENT --WELCOME--> OPEN
-        SERVER: IDLE --HELLO--> HELLO_RECEIVED --send_welcome--> OPEN
-        OPEN --GOAWAY sent or received--> DRAINING (existing streams go on, no new ones)
-        OPEN --detach (v2, WebSocket lost)--> DETACHED --resume--> OPEN
-        client: DETACHED --send_resume--> RESUMING --WELCOME(resumed)--> OPEN
-        any --protocol error, connection_lost, GOAWAY before OPEN--> CLOSED
-    """
-
-    IDLE = "idle"
-    HELLO_SENT = "hello_sent"
-    HELLO_RECEIVED = "hello_received"
-    OPEN = "open"
-    DRAINING = "draining"
-    DETACHED = "detached"  # v2: the WebSocket is gone, the streams wait for a resume
-    RESUMING = "resuming"  # client: HELLO.resume sent on a new WebSocket
-    CLOSED = "closed"
-
-
-def truncate_text(text: str, max_size: int = MAX_REASON_SIZE) -> str:
-    """Make ``text`` sendable: lone surrogates become ``?`` and its UTF-8 encoding is cut to
-    ``max_size`` bytes (never mid-character).
-
-    Args:
-        text: any text.
-        max_size: the byte limit.
-
-    Returns:
-        ``text`` or its longest prefix that fits.
-    """
-    # "replace": text that quotes the peer may hold lone surrogates (JSON "\ud800" escapes).
-    encoded = text.encode("utf-8", errors="replace")
-    if len(encoded) <= max_size:
-        return encoded.decode()
-    return encoded[:max_size].decode("utf-8", errors="ignore")
-
-
-def check_code(code: int, what: str) -> None:
-    """Raise LocalProtocolError unless ``code`` fits the u16 error code field (internal)."""
-    if not isinstance(code, int) or not 0 <= code <= 0xFFFF:
-        raise LocalProtocolError(f"{what}: error code must be a u16, got {code!r}")
+__all__ = ["SessionCore"]
 
 
 class SessionCore:
@@ -297,31 +237,7 @@ class SessionCore:
     # -- received frames --------------------------------------------------------------------------
 
     def _check_allowed(self, frame_type: FrameType) -> None:
-        name = frame_type.name
-        server = self.role is Role.SERVER
-        if (server and frame_type in _TO_CLIENT_ONLY) or (not server and frame_type in _TO_SERVER_ONLY):
-            sender = "client" if server else "server"
-            raise RemoteProtocolError(f"{name} sent by the {sender} (wrong direction)")
-        state = self.state
-        if state in (SessionState.OPEN, SessionState.DRAINING):
-            if frame_type is FrameType.HELLO:
-                raise RemoteProtocolError("second HELLO")
-            if frame_type is FrameType.WELCOME:
-                raise RemoteProtocolError("second WELCOME")
-            return
-        if frame_type is FrameType.GOAWAY and (not server or state is not SessionState.IDLE):
-            return  # e.g. AUTH_FAILED instead of WELCOME
-        if state is SessionState.IDLE:
-            if server and frame_type is FrameType.HELLO:
-                return
-            if server:
-                raise RemoteProtocolError(f"expected HELLO as the first frame, got {name}")
-            raise RemoteProtocolError(f"{name} before the client sent HELLO")
-        if state in (SessionState.HELLO_SENT, SessionState.RESUMING) and frame_type is FrameType.WELCOME:
-            return
-        if frame_type is FrameType.HELLO:
-            raise RemoteProtocolError("second HELLO")
-        raise RemoteProtocolError(f"{name} before WELCOME")
+        check_receivable(self.role, self.state, frame_type)
 
     def _handle_frame(self, frame: Frame) -> None:
         if isinstance(frame, DataFrame):  # the hot path first

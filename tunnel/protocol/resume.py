@@ -30,7 +30,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tunnel.protocol import events as ev
-from tunnel.protocol.core import SessionCore, SessionState
+from tunnel.protocol.core import SessionCore
+from tunnel.protocol.session_state import SessionState
 from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from tunnel.protocol.config import Role
 from tunnel.protocol.frames import HelloFrame, OpenFrame, OpenOkFrame, RstFrame, WelcomeFrame, WindowFrame

@@ -31,9 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tunnel.protocol.config import Role
-from tunnel.protocol.core import SessionCore, SessionState, check_code, truncate_text
 from tunnel.protocol.resume import ResumableSession
-from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from tunnel.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, check_code, truncate_text
 from tunnel.protocol.events import ConnectionDead, Event
 from tunnel.protocol.frames import (
     BindErrFrame,
@@ -51,6 +50,7 @@ from tunnel.protocol.frames import (
 )
 from tunnel.protocol.messages import BindRequest, BindResult, Hello, Welcome
 from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE
+from tunnel.protocol.session_state import SessionState
 from tunnel.protocol.stream import Opener, StreamInput
 
 __all__ = ["Session", "SessionState", "SessionStatistics"]
