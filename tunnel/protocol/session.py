@@ -86,7 +86,7 @@ from tunnel.protocol.messages import BindRequest, BindResult, Hello, ResumeReque
 from tunnel.protocol.outbox import Outbox
 from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE, validate_bind_values
 from tunnel.protocol.resume import Resumer
-from tunnel.protocol.session_state import SessionState, check_receivable
+from tunnel.protocol.session_state import SessionState, check_receivable, check_transition
 from tunnel.protocol.stream import Opener, Stream, StreamEffect, StreamInput, StreamState
 from tunnel.protocol.streams import Streams
 
@@ -150,7 +150,7 @@ class Session:
         self.config = config
         self.role = config.role
         self.version = config.version
-        self.state = SessionState.IDLE
+        self._state = SessionState.IDLE
         #: Server: the HELLO received. Client: the HELLO sent.
         self.hello: Hello | None = None
         #: Client: the WELCOME received. Server: the WELCOME sent.
@@ -181,10 +181,22 @@ class Session:
         self._data_bytes_received = 0
         self._messages_received = 0
 
+    # -- session state ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """Where the session is in its life (:class:`~tunnel.protocol.session_state.SessionState`)."""
+        return self._state
+
+    def _set_state(self, new: SessionState) -> None:
+        """The one place the session state changes; the move must be listed in session_state.py."""
+        check_transition(self._state, new)
+        self._state = new
+
     @property
     def attached(self) -> bool:
         """False while DETACHED or RESUMING: frames then only go into the ledgers (resume.py)."""
-        return self.state is not SessionState.DETACHED and self.state is not SessionState.RESUMING
+        return self._state is not SessionState.DETACHED and self._state is not SessionState.RESUMING
 
     # -- driver contract --------------------------------------------------------------------------
 
@@ -203,12 +215,12 @@ class Session:
                 before the bad one are still delivered. A message received while CLOSED is
                 ignored.
         """
-        if self.state is SessionState.CLOSED or self.state is SessionState.DETACHED:
+        if self._state is SessionState.CLOSED or self._state is SessionState.DETACHED:
             return  # DETACHED: a straggler from the dead connection; the resume resends it
         self._now = now
         self._heartbeat.received(now)
         self._messages_received += 1
-        if self.state is SessionState.OPEN or self.state is SessionState.DRAINING:
+        if self._state is SessionState.OPEN or self._state is SessionState.DRAINING:
             self.welcome_acknowledged = True
         try:
             frames = decode_message(
@@ -282,7 +294,7 @@ class Session:
         if not self._heartbeat.started:
             self._heartbeat.received(now)  # the first call starts the clock
             return
-        if self.state not in (SessionState.OPEN, SessionState.DRAINING):
+        if self._state not in (SessionState.OPEN, SessionState.DRAINING):
             return
         payload, silent_s = self._heartbeat.poll(now)
         if payload is not None:
@@ -297,7 +309,7 @@ class Session:
             A time in seconds on the clock of ``now``, or None (clock not started, session not
             OPEN/DRAINING, or nothing pending).
         """
-        if self.state not in (SessionState.OPEN, SessionState.DRAINING):
+        if self._state not in (SessionState.OPEN, SessionState.DRAINING):
             return None
         return self._heartbeat.deadline()
 
@@ -349,8 +361,8 @@ class Session:
     def _require(self, what: str, *, role: Role | None = None, states: tuple[SessionState, ...]) -> None:
         if role is not None and self.role is not role:
             raise LocalProtocolError(f"{what}: only the {role.value} may do this")
-        if self.state not in states:
-            raise LocalProtocolError(f"{what}: not allowed in session state {self.state.name}")
+        if self._state not in states:
+            raise LocalProtocolError(f"{what}: not allowed in session state {self._state.name}")
 
     def send_hello(self, hello: Hello) -> None:
         """Client: send HELLO, the first frame of the session.
@@ -374,7 +386,7 @@ class Session:
             raise LocalProtocolError("send_hello: resume needs hoody-tunnel.v2")
         self._outbox.queue_control(HelloFrame(hello))
         self.hello = hello
-        self.state = SessionState.HELLO_SENT
+        self._set_state(SessionState.HELLO_SENT)
 
     def send_welcome(self, welcome: Welcome) -> None:
         """Server: accept the session after ``HelloReceived``; the session becomes OPEN.
@@ -405,7 +417,7 @@ class Session:
         self._outbox.queue_control(WelcomeFrame(welcome))
         self.welcome = welcome
         self.welcome_acknowledged = False
-        self.state = SessionState.OPEN
+        self._set_state(SessionState.OPEN)
 
     def send_bind(self, request: BindRequest) -> None:
         """Client: ask for a binding (answered by BindAccepted or BindFailed).
@@ -482,14 +494,14 @@ class Session:
         self._resumer.detach()  # reopens not flushed yet are considered again at the next resume
         if not self.attached:  # lost again during (or before) the resume
             self._outbox.clear()
-            self.state = SessionState.DETACHED
+            self._set_state(SessionState.DETACHED)
             return
-        if self.version < 2 or self.state is not SessionState.OPEN:
+        if self.version < 2 or self._state is not SessionState.OPEN:
             raise LocalProtocolError(
-                f"detach: only an OPEN v2 session can be parked (state {self.state.name}, v{self.version})"
+                f"detach: only an OPEN v2 session can be parked (state {self._state.name}, v{self.version})"
             )
         self._outbox.clear()
-        self.state = SessionState.DETACHED
+        self._set_state(SessionState.DETACHED)
 
     def received_map(self) -> dict[int, StreamOffsets]:
         """The ``received`` map of a resume handshake.
@@ -513,8 +525,8 @@ class Session:
         Raises:
             LocalProtocolError: not a client in state DETACHED, or no resume token known.
         """
-        if self.role is not Role.CLIENT or self.state is not SessionState.DETACHED:
-            raise LocalProtocolError(f"send_resume: not allowed in session state {self.state.name}")
+        if self.role is not Role.CLIENT or self._state is not SessionState.DETACHED:
+            raise LocalProtocolError(f"send_resume: not allowed in session state {self._state.name}")
         welcome = self.welcome
         if welcome is None or not welcome.resume_token:
             raise LocalProtocolError("send_resume: the server gave no resume token")
@@ -527,7 +539,7 @@ class Session:
         self._outbox.clear()
         self._outbox.queue_control(HelloFrame(hello))
         self.hello = hello
-        self.state = SessionState.RESUMING
+        self._set_state(SessionState.RESUMING)
 
     def resume(self, welcome: Welcome, peer_received: dict[int, StreamOffsets], now: float) -> None:
         """Server, DETACHED: take the client back. Queues WELCOME(resumed) with our map, then
@@ -542,8 +554,8 @@ class Session:
         Raises:
             LocalProtocolError: not a server in state DETACHED, or ``welcome.resumed`` false.
         """
-        if self.role is not Role.SERVER or self.state is not SessionState.DETACHED:
-            raise LocalProtocolError(f"resume: not allowed in session state {self.state.name}")
+        if self.role is not Role.SERVER or self._state is not SessionState.DETACHED:
+            raise LocalProtocolError(f"resume: not allowed in session state {self._state.name}")
         if not welcome.resumed:
             raise LocalProtocolError("resume: the WELCOME must say resumed")
         self._outbox.clear()
@@ -551,7 +563,7 @@ class Session:
         self._outbox.queue_control(WelcomeFrame(welcome))
         self.welcome = welcome
         self.welcome_acknowledged = False
-        self.state = SessionState.OPEN
+        self._set_state(SessionState.OPEN)
         self._now = now
         self._heartbeat.received(now)
         self._apply_resume(peer_received)
@@ -574,7 +586,7 @@ class Session:
             than ``max_streams`` streams it opened still in use, and ids are not exhausted.
         """
         return (
-            self.state is SessionState.OPEN
+            self._state is SessionState.OPEN
             and not self._resumer.reopens_pending  # their ids must reach the peer first
             and not self._streams.local_ids_exhausted
             and self._streams.local_in_use(self._outbox.queued_stream_ids()) < self.max_streams
@@ -771,17 +783,13 @@ class Session:
             LocalProtocolError: ``code`` is not a u16, or a client that has not sent HELLO.
         """
         check_code(code, "send_goaway")
-        if self.state is SessionState.CLOSED:
+        if self._state is SessionState.CLOSED:
             return
-        if self.role is Role.CLIENT and self.state is SessionState.IDLE:
+        if self.role is Role.CLIENT and self._state is SessionState.IDLE:
             raise LocalProtocolError("send_goaway: the client's first frame must be HELLO")
         self._outbox.queue_control(GoAwayFrame(code, truncate_text(reason)))
         self.goaway_sent = code
-        if self.state is SessionState.OPEN:
-            self.state = SessionState.DRAINING
-        elif self.state is not SessionState.DRAINING:
-            self._streams.forget_all()
-            self.state = SessionState.CLOSED
+        self._after_goaway()
 
     def statistics(self) -> SessionStatistics:
         """Take a snapshot of the session's numbers.
@@ -790,7 +798,7 @@ class Session:
             A frozen :class:`SessionStatistics`.
         """
         return SessionStatistics(
-            state=self.state,
+            state=self._state,
             active_streams=len(self._streams),
             streams_opened_local=self._streams.opened_local,
             streams_opened_remote=self._streams.opened_remote,
@@ -836,7 +844,15 @@ class Session:
     def _close_everything(self) -> None:
         self._streams.forget_all()
         self._outbox.clear()
-        self.state = SessionState.CLOSED
+        self._set_state(SessionState.CLOSED)
+
+    def _after_goaway(self) -> None:
+        """A GOAWAY was sent or received: an OPEN session drains, one not yet OPEN closes."""
+        if self._state is SessionState.OPEN:
+            self._set_state(SessionState.DRAINING)
+        elif self._state is not SessionState.DRAINING:
+            self._streams.forget_all()
+            self._set_state(SessionState.CLOSED)
 
     def _fail(self, exc: RemoteProtocolError) -> None:
         """A session rule was broken: only GOAWAY(code, reason) stays queued; CLOSED."""
@@ -850,7 +866,7 @@ class Session:
         if isinstance(frame, DataFrame):  # the hot path first
             self._on_data(frame)
             return
-        check_receivable(self.role, self.state, frame.frame_type)
+        check_receivable(self.role, self._state, frame.frame_type)
         if isinstance(frame, WindowFrame):
             self._on_window(frame)
         elif isinstance(frame, OpenFrame):
@@ -869,7 +885,7 @@ class Session:
             self._on_goaway(frame)
         elif isinstance(frame, HelloFrame):
             self.hello = frame.hello
-            self.state = SessionState.HELLO_RECEIVED
+            self._set_state(SessionState.HELLO_RECEIVED)
             self._events.append(ev.HelloReceived(frame.hello))
         elif isinstance(frame, WelcomeFrame):
             self._on_welcome(frame.welcome)
@@ -892,8 +908,8 @@ class Session:
         )
 
     def _on_data(self, frame: DataFrame) -> None:
-        if self.state not in (SessionState.OPEN, SessionState.DRAINING):
-            check_receivable(self.role, self.state, FrameType.DATA)
+        if self._state not in (SessionState.OPEN, SessionState.DRAINING):
+            check_receivable(self.role, self._state, FrameType.DATA)
         stream_id = frame.stream_id
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -987,14 +1003,10 @@ class Session:
     def _on_goaway(self, frame: GoAwayFrame) -> None:
         self.goaway_received = frame.error_code
         self._events.append(ev.GoAwayReceived(frame.error_code, frame.reason))
-        if self.state is SessionState.OPEN:
-            self.state = SessionState.DRAINING
-        elif self.state is not SessionState.DRAINING:
-            self._streams.forget_all()
-            self.state = SessionState.CLOSED
+        self._after_goaway()
 
     def _on_welcome(self, welcome: Welcome) -> None:
-        if self.state is SessionState.RESUMING:
+        if self._state is SessionState.RESUMING:
             self._on_resumed_welcome(welcome)
             return
         if welcome.protocol != self.config.subprotocol:
@@ -1007,7 +1019,7 @@ class Session:
         self.peer_max_frame_size = min(welcome.max_frame, MAX_FRAME_SIZE_LIMIT)
         self.peer_window_size = welcome.window
         self._heartbeat.interval_s = welcome.heartbeat_ms / 1000
-        self.state = SessionState.OPEN
+        self._set_state(SessionState.OPEN)
         self._events.append(ev.WelcomeReceived(welcome))
 
     def _on_resumed_welcome(self, welcome: Welcome) -> None:
@@ -1018,7 +1030,7 @@ class Session:
                 "WELCOME does not resume the session we asked for", ErrorCode.RESUME_FAILED
             )
         self.welcome = welcome
-        self.state = SessionState.OPEN
+        self._set_state(SessionState.OPEN)
         self._apply_resume(welcome.received or {})
         self._events.append(ev.WelcomeReceived(welcome))
 
