@@ -94,6 +94,9 @@ __all__ = ["Session", "SessionState", "SessionStatistics"]
 
 _U32_MAX = 0xFFFFFFFF
 
+# The received frames whose events _emit builds (DATA's are built in _on_data).
+_StreamFrame = WindowFrame | OpenFrame | OpenOkFrame | RstFrame
+
 
 @dataclass(frozen=True, slots=True)
 class SessionStatistics:
@@ -901,6 +904,24 @@ class Session:
                 self._outbox.queue_control(UnbindFrame(frame.bind_id))
             self._events.append(ev.UnbindReceived(frame.bind_id))
 
+    def _emit(self, effect: StreamEffect | None, frame: _StreamFrame) -> None:
+        """Act on the effect the stream table returned for a received frame: emit the event it
+        names (the table in stream.py decides, not the frame handlers). DATA and ENDED are acted
+        on in :meth:`_on_data` itself, the hot path; None (our own commands) emits nothing."""
+        events = self._events
+        stream_id = frame.stream_id
+        if effect is StreamEffect.WINDOW:
+            assert isinstance(frame, WindowFrame)
+            events.append(ev.WindowUpdated(stream_id, frame.increment))
+        elif effect is StreamEffect.ACCEPTED:
+            events.append(ev.StreamAccepted(stream_id))
+        elif effect is StreamEffect.OPENED:
+            assert isinstance(frame, OpenFrame)
+            events.append(ev.StreamOpened(stream_id, frame.bind_id, frame.origin))
+        elif effect is StreamEffect.RESET:
+            assert isinstance(frame, RstFrame)
+            events.append(ev.StreamReset(stream_id, frame.error_code, frame.reason, True))
+
     def _unknown_stream(self, stream_id: int, frame_type: FrameType) -> None:
         # wire-protocol.md §5: frames for a stream we do not know get RST(STREAM_CLOSED).
         self._queue_rst(
@@ -919,7 +940,7 @@ class Session:
         stream.ledger.answered = True
         try:
             # The state first: DATA after FIN is STREAM_CLOSED whatever its size.
-            stream.process(StreamInput.RECV_FIN if frame.end_stream else StreamInput.RECV_DATA)
+            effect = stream.process(StreamInput.RECV_FIN if frame.end_stream else StreamInput.RECV_DATA)
             stream.window.record_received(size)
         except RemoteProtocolError as exc:
             self._reset_by_us(stream, exc)
@@ -927,9 +948,11 @@ class Session:
         self._data_bytes_received += size
         if frame.end_stream:
             stream.ledger.fin_received = True
+        # The table's effect, acted on here rather than in _emit (the hot path): DATA and ENDED
+        # both deliver the payload, if any; ENDED also ends the stream.
         if size:
             self._events.append(ev.DataReceived(stream_id, frame.data))
-        if frame.end_stream:
+        if effect is StreamEffect.ENDED:
             self._events.append(ev.StreamEnded(stream_id))
         if stream.closed:
             self._streams.forget(stream)
@@ -946,13 +969,13 @@ class Session:
             # last bytes (docs/protocol.md §15). Credit for a stream that is gone grants nothing.
             return
         try:
-            stream.process(StreamInput.RECV_WINDOW)
+            effect = stream.process(StreamInput.RECV_WINDOW)
             stream.window.add_send_credit(frame.increment)
         except RemoteProtocolError as exc:
             self._reset_by_us(stream, exc)
             return
         stream.ledger.credited(frame.increment)
-        self._events.append(ev.WindowUpdated(frame.stream_id, frame.increment))
+        self._emit(effect, frame)
 
     def _on_open_ok(self, frame: OpenOkFrame) -> None:
         stream = self._streams.get(frame.stream_id)
@@ -963,11 +986,11 @@ class Session:
             return  # resent at a resume in case it was lost: we had it already
         stream.ledger.answered = True
         try:
-            stream.process(StreamInput.RECV_OPEN_OK)
+            effect = stream.process(StreamInput.RECV_OPEN_OK)
         except RemoteProtocolError as exc:
             self._reset_by_us(stream, exc)
             return
-        self._events.append(ev.StreamAccepted(frame.stream_id))
+        self._emit(effect, frame)
 
     def _on_rst(self, frame: RstFrame) -> None:
         stream = self._streams.get(frame.stream_id)
@@ -975,10 +998,10 @@ class Session:
             return  # never answer an RST with an RST
         stream.ledger.reset_received = True
         stream.ledger.answered = True
-        stream.process(StreamInput.RECV_RST)  # listed for every live state
+        effect = stream.process(StreamInput.RECV_RST)  # listed for every live state
         self._outbox.drop_stream(frame.stream_id)
         self._streams.forget(stream)
-        self._events.append(ev.StreamReset(frame.stream_id, frame.error_code, frame.reason, True))
+        self._emit(effect, frame)
 
     def _on_open(self, frame: OpenFrame) -> None:
         stream_id = frame.stream_id
@@ -991,8 +1014,7 @@ class Session:
             stream = self._streams.open_remote(
                 stream_id, frame.bind_id, frame.origin, send_credit=self.peer_window_size
             )
-            stream.process(StreamInput.RECV_OPEN)
-            self._events.append(ev.StreamOpened(stream_id, frame.bind_id, frame.origin))
+            self._emit(stream.process(StreamInput.RECV_OPEN), frame)
 
     def _refuse(self, frame: OpenFrame, reason: str) -> None:
         self._queue_rst(frame.stream_id, ErrorCode.REFUSED, reason)
