@@ -1,45 +1,30 @@
 """Shared test setup: import path, timeout scaling, and markers by directory.
 
 Timeouts in tests are multiples of a unit scaled by ``TUNNEL_TEST_TIMEOUT_FACTOR`` (default 1;
-raise it on a slow machine). Tests never sleep to synchronise: they wait on an event or poll a
-condition against such a deadline.
+raise it on a slow machine): ``tests.waiting.scaled_s``. Tests never sleep to synchronise: they
+wait on an event, or poll a condition against such a deadline with ``tests.waiting.wait_until``
+(the one polling loop of every layer).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# `tests.*` helpers (e.g. tests.e2e.harness) and `tunnel` import from a plain checkout too.
+# `tests.*` helpers (e.g. tests.waiting, tests.e2e.harness) and `tunnel` import from a plain
+# checkout too.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests import waiting  # noqa: E402 (needs the path above)
 
-def _timeout_factor() -> float:
-    raw = os.environ.get("TUNNEL_TEST_TIMEOUT_FACTOR", "").strip()
-    if not raw:
-        return 1.0
-    try:
-        factor = float(raw)
-    except ValueError:
-        raise pytest.UsageError(
-            f"TUNNEL_TEST_TIMEOUT_FACTOR: must be a positive number, got {raw!r}"
-        ) from None
-    if not factor > 0:
-        raise pytest.UsageError(f"TUNNEL_TEST_TIMEOUT_FACTOR: must be a positive number, got {raw!r}")
-    return factor
-
-
-TIMEOUT_FACTOR = _timeout_factor()
-
-
-def scaled_timeout_s(seconds: float) -> float:
-    """``seconds`` times TUNNEL_TEST_TIMEOUT_FACTOR."""
-    return seconds * TIMEOUT_FACTOR
+try:
+    TIMEOUT_FACTOR = waiting.timeout_factor()
+except ValueError as exc:
+    raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.fixture

@@ -1,33 +1,33 @@
-"""Helpers of the admin e2e tests: admin requests, polling, metrics, the CLI, a wire-level client.
+"""Helpers of the admin e2e tests: admin API requests, /metrics, the FD invariant, a wire client.
 
-The wire-level client speaks the frames of docs/protocol.md §2 by hand (10-byte header, JSON
-payloads, GOAWAY = u16 code + UTF-8 reason) over the project's WebSocket transport, so what a
-test asserts about GOAWAY is what is on the wire, not what our protocol package decodes.
+- :func:`auth`, :func:`admin_get`, :func:`admin_delete`: the admin API with the kit's token;
+- :func:`metric_samples`, :func:`metric`, :func:`gauges`: /metrics, parsed by prometheus_client;
+- :func:`check_fd_invariant`: docs/protocol.md §12 on a GET /tunnels body;
+- :class:`WireClient`: a tunnel client written from the wire spec (tests.e2e.wire: 10-byte
+  header, JSON payloads, GOAWAY = u16 code + UTF-8 reason) over the project's WebSocket
+  transport, so what a test asserts about GOAWAY is what is on the wire, not what our protocol
+  package decodes.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import struct
-import subprocess
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import gevent
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import REPO_ROOT, HttpReply, KitProcess, scaled_s
+from tests.e2e.harness import HttpReply, KitProcess
+from tests.e2e.wire import BIND, BIND_ERR, BIND_OK, HELLO, PING, PONG, WELCOME, Frame, encode_frame, split_frames
+from tests.waiting import scaled_s
 from tunnel.mux.transport import SocketTransport, TransportError
 from tunnel.mux.ws_client import connect
 
-T = TypeVar("T")
-
 API = "/api/v1/tunnel"
+
+MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 def auth(kit: KitProcess, token: str | None = None) -> dict[str, str]:
@@ -46,29 +46,38 @@ def admin_delete(kit: KitProcess, session_id: str, query: str = "") -> HttpReply
     return kit.request("DELETE", f"{API}/sessions/{session_id}{query}", headers=auth(kit))
 
 
-def poll(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Call ``probe`` until it returns something other than None/False; raise after the deadline."""
-    deadline = time.monotonic() + scaled_s(timeout_s)
-    last: T | None = None
-    while True:
-        last = probe()
-        if last is not None and last is not False:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)  # a polling interval, not a synchronisation
+def metric_samples(kit: KitProcess) -> dict[MetricKey, float]:
+    """Every sample of /metrics by (name, sorted labels), parsed by prometheus_client's own parser."""
+    reply = kit.get(f"{API}/metrics")
+    assert reply.status == 200, (reply.status, reply.body[:300])
+    samples: dict[MetricKey, float] = {}
+    for family in text_string_to_metric_families(reply.body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric(kit: KitProcess, name: str, *, absent: float | None = None, **labels: str) -> float | None:
+    """The sample ``name`` with exactly ``labels``; ``absent`` when /metrics does not list it (a
+    labelled counter appears only once counted: pass ``absent=0.0`` to read that as 0)."""
+    return metric_samples(kit).get((name, tuple(sorted(labels.items()))), absent)
 
 
 def gauges(kit: KitProcess) -> dict[str, float]:
-    """Every unlabelled sample of /metrics, parsed by prometheus_client's own parser."""
-    reply = kit.get(f"{API}/metrics")
-    assert reply.status == 200
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(reply.body.decode()):
-        for sample in family.samples:
-            if not sample.labels:
-                values[sample.name] = sample.value
-    return values
+    """Every unlabelled sample of /metrics, by name."""
+    return {name: value for (name, labels), value in metric_samples(kit).items() if not labels}
+
+
+def check_fd_invariant(tunnels: dict[str, Any], budget: int | None = None) -> dict[str, Any]:
+    """Assert docs/protocol.md §12 on a GET /tunnels body: fdPermitsAvailable + Σ connectionsGranted
+    == fdBudget (== ``budget`` when given). Returns the body."""
+    granted = [session["connectionsGranted"] for session in tunnels["sessions"]]
+    assert isinstance(tunnels["fdPermitsAvailable"], int), tunnels
+    assert all(isinstance(g, int) for g in granted), tunnels
+    assert tunnels["fdPermitsAvailable"] + sum(granted) == tunnels["fdBudget"], tunnels
+    if budget is not None:
+        assert tunnels["fdBudget"] == budget, tunnels
+    return tunnels
 
 
 def views_agree_with_metrics(kit: KitProcess) -> bool:
@@ -88,60 +97,7 @@ def views_agree_with_metrics(kit: KitProcess) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(kit: KitProcess | None, *args: str, env: dict[str, str] | None = None) -> CliResult:
-    """``python -m tunnel.client ARGS`` with a clean HOODY_TUNNEL_* environment."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HOODY_TUNNEL_")}
-    if kit is not None:
-        full_env["HOME"] = str(kit.state_dir.parent)
-    full_env.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "tunnel.client", *args],
-        cwd=REPO_ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=scaled_s(60),
-    )
-    return CliResult(result.returncode, result.stdout, result.stderr)
-
-
-# -- the wire, by hand (docs/protocol.md §2) ----------------------------------------------------
-
-HEADER = struct.Struct("!BBII")
-HELLO, WELCOME, BIND, BIND_OK, BIND_ERR = 0x01, 0x02, 0x03, 0x04, 0x05
-OPEN, OPEN_OK, DATA, WINDOW, RST = 0x10, 0x11, 0x12, 0x13, 0x14
-PING, PONG, GOAWAY = 0x20, 0x21, 0x30
-ADMIN_CLOSE = 0x0001
-
-
-@dataclass(frozen=True)
-class Frame:
-    type: int
-    flags: int
-    stream_id: int
-    payload: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.payload)
-
-    @property
-    def code(self) -> int:
-        return int(struct.unpack("!H", self.payload[:2])[0])
-
-    @property
-    def reason(self) -> str:
-        return self.payload[2:].decode("utf-8")
-
-
-def encode(frame_type: int, payload: bytes = b"", stream_id: int = 0, flags: int = 0) -> bytes:
-    return HEADER.pack(frame_type, flags, stream_id, len(payload)) + payload
+# -- the wire, by hand (docs/protocol.md §2), over the project's transport ---------------------
 
 
 class WireClient:
@@ -155,7 +111,7 @@ class WireClient:
         self._req_id = 0
 
     def send(self, frame_type: int, payload: bytes = b"", stream_id: int = 0) -> None:
-        self.transport.send_messages([encode(frame_type, payload, stream_id)])
+        self.transport.send_messages([encode_frame(frame_type, stream_id, payload)])
 
     def send_json(self, frame_type: int, body: dict[str, Any]) -> None:
         self.send(frame_type, json.dumps(body).encode())
@@ -165,12 +121,7 @@ class WireClient:
         while not self._pending:
             with gevent.Timeout(scaled_s(timeout_s), TimeoutError("no frame in time")):
                 message = bytes(self.transport.receive_message())
-            offset = 0
-            while offset < len(message):
-                frame_type, flags, stream_id, length = HEADER.unpack_from(message, offset)
-                start = offset + HEADER.size
-                frame = Frame(frame_type, flags, stream_id, message[start : start + length])
-                offset = start + length
+            for frame in split_frames(message):
                 if frame.type == PING:
                     self.send(PONG, frame.payload)
                 else:

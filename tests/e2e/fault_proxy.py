@@ -22,14 +22,11 @@ byte it forwards.
 
 Directions: ``"up"`` is client -> kit, ``"down"`` is kit -> client, ``"any"`` is either.
 Every method is thread-safe: the calls run inside the proxy's thread and return when done.
+
+:func:`launch_client` starts the real CLI through a proxy (via :class:`ProxiedKit`).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tests.e2e.harness import KitProcess
 
 import selectors
 import socket
@@ -40,19 +37,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import listen_loopback
+from tests.e2e.tunnel_support import ClientProcess, launch_with_expose
+from tests.e2e.wire import DATA, FLAG_FIN, FRAME_NAMES, HEADER
+
 UP, DOWN = "up", "down"
 DIRECTIONS = (UP, DOWN)
 _READ_SIZE = 256 * 1024
 _BUFFER_LIMIT = 1024 * 1024  # stop reading a side while this much waits to be written
 _LINGER_RESET = struct.pack("ii", 1, 0)
-
-# Tunnel frame types (docs/protocol.md §2.2), for describing cuts.
-FRAME_NAMES = {
-    0x01: "HELLO", 0x02: "WELCOME", 0x03: "BIND", 0x04: "BIND_OK", 0x05: "BIND_ERR",
-    0x06: "UNBIND", 0x10: "OPEN", 0x11: "OPEN_OK", 0x12: "DATA", 0x13: "WINDOW", 0x14: "RST",
-    0x20: "PING", 0x21: "PONG", 0x30: "GOAWAY",
-}
-DATA, GOAWAY, FLAG_FIN = 0x12, 0x30, 0x01
 
 
 @dataclass
@@ -150,7 +144,7 @@ class StreamWatcher:
                             )
                         self.tf_head += chunk
                         if len(self.tf_head) == 10:
-                            ftype, flags, sid, length = struct.unpack("!BBII", self.tf_head)
+                            ftype, flags, sid, length = HEADER.unpack(self.tf_head)
                             end = self.offset + index + take + length
                             seen = TunnelFrameSeen(ftype, flags, sid, length, end)
                             self.last_frame = seen
@@ -246,10 +240,7 @@ class FaultProxy:
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(128)
+        self.listener = listen_loopback()
         self.listener.setblocking(False)
         self.port: int = self.listener.getsockname()[1]
         self.selector = selectors.DefaultSelector()
@@ -696,14 +687,25 @@ def is_type(*types: int) -> Callable[[TunnelFrameSeen], bool]:
     return lambda frame: frame.type in types
 
 
-__all__ = ["DOWN", "UP", "FaultProxy", "StreamWatcher", "TunnelFrameSeen", "is_fin", "is_type"]
-
-
 class ProxiedKit:
     """What ``ClientProcess.launch`` reads from a kit, with the URL pointing at a proxy, so the
     real CLI connects through it."""
 
-    def __init__(self, kit: "KitProcess", proxy: FaultProxy) -> None:
+    def __init__(self, kit: KitProcess, proxy: FaultProxy) -> None:
         self.ws_url = proxy.url
         self.client_token = kit.client_token
         self.state_dir = kit.state_dir
+
+
+def launch_client(
+    kit: KitProcess, proxy: FaultProxy | None, make_args: Callable[[int], list[str]]
+) -> tuple[ClientProcess, int]:
+    """The CLI through ``proxy`` (or straight to the kit), exposing a free container port
+    (:func:`~tests.e2e.tunnel_support.launch_with_expose`). Returns (client, port)."""
+    where: Any = ProxiedKit(kit, proxy) if proxy is not None else kit
+    return launch_with_expose(where, make_args)
+
+
+__all__ = [
+    "DOWN", "UP", "FaultProxy", "ProxiedKit", "StreamWatcher", "TunnelFrameSeen", "is_fin", "is_type", "launch_client",
+]

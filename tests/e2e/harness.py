@@ -3,8 +3,9 @@
 The test binds and listens on 127.0.0.1 port 0 itself, then hands the socket to gunicorn with
 ``--bind fd://N`` (Popen ``pass_fds``): the port is known before the server starts, with no racy
 "find a free port" step, and connections made before the worker is up wait in the backlog.
-Readiness is polled on GET /api/v1/tunnel/health against a deadline; on failure the server's
-stdout and stderr are part of the error. Teardown sends SIGTERM to the process group
+Readiness is polled on GET /api/v1/tunnel/health with ``tests.waiting.wait_until`` (a scaled
+deadline); on failure the server's stdout and stderr are part of the error, as they are when
+:meth:`KitProcess.wait_log` waits for a log line. Teardown sends SIGTERM to the process group
 (``start_new_session=True``), then SIGKILL after a deadline.
 """
 
@@ -13,14 +14,16 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.e2e.loopback import listen_loopback
+from tests.waiting import scaled_s, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEALTH_PATH = "/api/v1/tunnel/health"
@@ -28,16 +31,6 @@ HEALTH_PATH = "/api/v1/tunnel/health"
 # Known credentials for tests; a test that needs generated ones passes tokens="" to make_kit.
 TEST_CLIENT_TOKEN = "e2e-client-token-0123456789abcdef"
 TEST_ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
-
-
-def timeout_factor() -> float:
-    """TUNNEL_TEST_TIMEOUT_FACTOR (default 1), as tests/conftest.py reads it."""
-    raw = os.environ.get("TUNNEL_TEST_TIMEOUT_FACTOR", "").strip()
-    return float(raw) if raw else 1.0
-
-
-def scaled_s(seconds: float) -> float:
-    return seconds * timeout_factor()
 
 
 def base_env(state_dir: Path) -> dict[str, str]:
@@ -124,11 +117,8 @@ class KitProcess:
                 env[key] = value
         state_dir = Path(env.get("HOODY_TUNNEL_STATE_DIR", str(state_dir)))
 
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener = listen_loopback(port)  # port: a restarted kit takes over the old one
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", port))  # port: a restarted kit takes over the old one
-            listener.listen(128)
             port = listener.getsockname()[1]
             fd = listener.fileno()
             stdout_path = work_dir / "gunicorn.stdout"
@@ -170,6 +160,17 @@ class KitProcess:
             f"--- gunicorn stdout:\n{self.stdout()}\n--- gunicorn stderr:\n{self.stderr()}"
         )
 
+    def wait_log(self, pattern: str, timeout_s: float = 10.0) -> re.Match[str]:
+        """Wait for the server's output (stderr, then stdout) to match the regex ``pattern``."""
+        regex = re.compile(pattern)
+        return wait_until(
+            lambda: regex.search(self.stderr() + self.stdout()),
+            timeout_s,
+            f"a kit log line matching {pattern!r}",
+            interval_s=0.05,
+            context=self.output,
+        )
+
     def request(
         self,
         method: str,
@@ -196,30 +197,37 @@ class KitProcess:
     def get(self, path: str, **kwargs: Any) -> HttpReply:
         return self.request("GET", path, **kwargs)
 
-    def wait_ready(self, timeout_s: float | None = None) -> HttpReply:
-        """Poll GET /health until it answers 200; raise with the server's output otherwise.
+    def wait_ready(self, timeout_s: float = 30.0) -> HttpReply:
+        """Poll GET /health until it answers 200 (``timeout_s`` scaled); raise with the server's
+        output otherwise.
 
         The socket listens before gunicorn starts, so each attempt simply waits in the backlog
         until the worker accepts; the per-attempt timeout only bounds how long the process can
         have died unnoticed.
         """
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else scaled_s(30.0))
         last_error = "no attempt made"
-        while True:
+
+        def healthy() -> HttpReply | None:
+            nonlocal last_error
             exit_status = self.process.poll()
             if exit_status is not None:
                 raise RuntimeError(f"gunicorn exited ({exit_status}) before ready\n{self.output()}")
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise TimeoutError(f"gunicorn not ready: {last_error}\n{self.output()}")
             try:
-                reply = self.get(HEALTH_PATH, timeout_s=min(1.0, remaining_s))
+                reply = self.get(HEALTH_PATH, timeout_s=1.0)
             except (OSError, http.client.HTTPException) as exc:
                 last_error = repr(exc)
-                continue
+                return None
             if reply.status == 200:
                 return reply
             last_error = f"health answered {reply.status}: {reply.body[:200]!r}"
+            return None
+
+        return wait_until(
+            healthy,
+            timeout_s,
+            f"gunicorn to answer GET {HEALTH_PATH} with 200",
+            context=lambda: f"last attempt: {last_error}\n{self.output()}",
+        )
 
     def wait_exit(self, timeout_s: float | None = None) -> int:
         """Wait for the server to exit by itself; returns its exit status."""

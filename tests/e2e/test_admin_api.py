@@ -24,9 +24,11 @@ from tests.e2e.admin_reference import (
     VALID_STATES,
     type_errors,
 )
-from tests.e2e.admin_support import API, admin_get, auth, gauges, poll, run_cli, views_agree_with_metrics
+from tests.e2e.admin_support import API, admin_get, auth, check_fd_invariant, gauges, views_agree_with_metrics
 from tests.e2e.harness import KitProcess
-from tests.e2e.tunnel_support import ClientProcess, TcpTarget, connect_local, free_port_candidate
+from tests.e2e.loopback import connect_local, round_trip
+from tests.e2e.tunnel_support import ClientProcess, TcpTarget, launch_with_expose, run_cli
+from tests.waiting import wait_until
 
 MakeKit = Callable[..., KitProcess]
 FD_BUDGET = 40
@@ -41,41 +43,17 @@ def echo() -> Iterator[TcpTarget]:
 
 def launch_clients(kit: KitProcess, echo: TcpTarget) -> tuple[ClientProcess, ClientProcess, int]:
     """A v2 client with an http EXPOSE and a PULL, and a v1 client with a PULL only."""
-    for _ in range(5):  # the EXPOSE port is picked at random; retry on a clash
-        port = free_port_candidate()
-        first = ClientProcess.launch(
-            kit,
-            "--expose", f"{port}:127.0.0.1:{echo.port}/http",
-            "--pull", f"0:{echo.port}",
-        )
-        try:
-            first.wait_ready()
-            break
-        except AssertionError:
-            first.kill()
-    else:
-        raise AssertionError("could not expose a port")
+    first, port = launch_with_expose(  # the EXPOSE port is picked at random; retried on a clash
+        kit, lambda port: ["--expose", f"{port}:127.0.0.1:{echo.port}/http", "--pull", f"0:{echo.port}"], attempts=5
+    )
     second = ClientProcess.launch(kit, "--protocol", "v1", "--pull", f"0:{echo.port}")
     second.wait_ready()
     return first, second, port
 
 
-def echo_once(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(data)
-    received = b""
-    while len(received) < len(data):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed before the echo"
-        received += chunk
-    assert received == data
-
-
-def check_fd_invariant(kit: KitProcess, budget: int) -> dict[str, Any]:
-    tunnels: dict[str, Any] = admin_get(kit, "/tunnels")
-    granted = sum(s["connectionsGranted"] for s in tunnels["sessions"])
-    assert tunnels["fdPermitsAvailable"] + granted == budget, tunnels
-    assert tunnels["fdBudget"] == budget
-    return tunnels
+def fd_invariant(kit: KitProcess) -> dict[str, Any]:
+    """GET /tunnels with the FD invariant asserted against FD_BUDGET."""
+    return check_fd_invariant(admin_get(kit, "/tunnels"), FD_BUDGET)
 
 
 def test_every_endpoint_has_the_reference_fields_and_types(kit: KitProcess, echo: TcpTarget) -> None:
@@ -142,7 +120,7 @@ def test_totals_and_one_session_seen_alike_by_every_view_the_metrics_and_the_cli
             assert [s[field] for s in sessions["sessions"]] == [s[field] for s in tunnels["sessions"]]
 
         # The metrics agree.
-        poll(lambda: views_agree_with_metrics(kit), 10, "views and metrics to agree")
+        wait_until(lambda: views_agree_with_metrics(kit), 10, "views and metrics to agree")
 
         # The CLI, as JSON (the API's own body) and as a table.
         env = {"HOODY_TUNNEL_SERVER": kit.base_url, "HOODY_TUNNEL_ADMIN_TOKEN": kit.admin_token or ""}
@@ -179,14 +157,14 @@ def test_metrics_parse_and_carry_the_reference_gauges(kit: KitProcess) -> None:
 
 def test_fd_invariant_with_no_session_idle_bindings_and_streams(make_kit: MakeKit, echo: TcpTarget) -> None:
     kit = make_kit(HOODY_TUNNEL_FD_BUDGET=str(FD_BUDGET))
-    idle = check_fd_invariant(kit, FD_BUDGET)
+    idle = fd_invariant(kit)
     assert idle["fdPermitsAvailable"] == FD_BUDGET and idle["sessions"] == []
     assert gauges(kit)["hoody_tunnel_fd_permits_available"] == FD_BUDGET
 
     first, second, port = launch_clients(kit, echo)
     sockets: list[socket.socket] = []
     try:
-        bound = check_fd_invariant(kit, FD_BUDGET)
+        bound = fd_invariant(kit)
         granted = {s["protocol"]: s["connectionsGranted"] for s in bound["sessions"]}
         # The WebSocket, plus the EXPOSE listener (docs/protocol.md §12); a PULL binding holds none.
         assert granted == {"hoody-tunnel.v2": 2, "hoody-tunnel.v1": 1}
@@ -200,31 +178,31 @@ def test_fd_invariant_with_no_session_idle_bindings_and_streams(make_kit: MakeKi
             for _ in range(count):
                 sock = connect_local(client.pull_port(echo.port))
                 sockets.append(sock)
-                echo_once(sock, b"pull")
+                round_trip(sock, b"pull")
         for _ in range(2):
             sock = connect_local(port)
             sockets.append(sock)
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
 
         def streaming() -> dict[str, Any] | None:
-            tunnels = check_fd_invariant(kit, FD_BUDGET)
+            tunnels = fd_invariant(kit)
             granted = sum(s["connectionsGranted"] for s in tunnels["sessions"])
             return tunnels if tunnels["totalStreams"] == 5 and granted == 10 else None
 
-        tunnels = poll(streaming, 10, "five streams and two held EXPOSE connections")
+        tunnels = wait_until(streaming, 10, "five streams and two held EXPOSE connections")
         by_protocol = {s["protocol"]: s for s in tunnels["sessions"]}
         assert by_protocol["hoody-tunnel.v2"]["activeStreams"] == 3
         assert by_protocol["hoody-tunnel.v2"]["connectionsGranted"] == 2 + 5
         assert by_protocol["hoody-tunnel.v1"]["connectionsGranted"] == 1 + 2
         assert tunnels["fdPermitsAvailable"] == FD_BUDGET - 10
-        poll(lambda: views_agree_with_metrics(kit), 10, "views and metrics to agree")
+        wait_until(lambda: views_agree_with_metrics(kit), 10, "views and metrics to agree")
 
         # Streams end: their permits come back.
         for sock in sockets:
             sock.close()
         sockets.clear()
-        poll(
-            lambda: check_fd_invariant(kit, FD_BUDGET)["fdPermitsAvailable"] == FD_BUDGET - 3,
+        wait_until(
+            lambda: fd_invariant(kit)["fdPermitsAvailable"] == FD_BUDGET - 3,
             10,
             "stream permits to return",
         )
@@ -233,7 +211,7 @@ def test_fd_invariant_with_no_session_idle_bindings_and_streams(make_kit: MakeKi
             sock.close()
         first.interrupt()
         second.interrupt()
-    poll(lambda: check_fd_invariant(kit, FD_BUDGET)["fdPermitsAvailable"] == FD_BUDGET, 10, "every permit back")
+    wait_until(lambda: fd_invariant(kit)["fdPermitsAvailable"] == FD_BUDGET, 10, "every permit back")
     assert gauges(kit)["hoody_tunnel_fd_permits_available"] == FD_BUDGET
 
 
@@ -257,7 +235,7 @@ def test_admin_requests_are_access_logged_and_no_token_reaches_the_logs(
                 '"GET /api/v1/tunnel/tunnels '
             ) >= 3 else None
 
-        output = poll(logged, 10, "the access log lines")
+        output = wait_until(logged, 10, "the access log lines")
         for path in ("sessions", "bindings"):
             assert output.count(f'"GET /api/v1/tunnel/{path} HTTP/1.1" 200') >= 1
             assert output.count(f'"GET /api/v1/tunnel/{path} HTTP/1.1" 401') >= 1

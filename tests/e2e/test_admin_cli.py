@@ -12,9 +12,10 @@ import socket
 from collections.abc import Callable
 
 from tests.e2e.admin_reference import INVALID_GRACE_MS
-from tests.e2e.admin_support import API, admin_get, gauges, poll, run_cli
+from tests.e2e.admin_support import API, admin_get, gauges
 from tests.e2e.harness import KitProcess
-from tests.e2e.tunnel_support import ClientProcess, TcpTarget
+from tests.e2e.tunnel_support import ClientProcess, TcpTarget, run_cli
+from tests.waiting import wait_until
 
 MakeKit = Callable[..., KitProcess]
 
@@ -75,7 +76,7 @@ def test_tables_and_json_with_a_live_session_and_a_kill(kit: KitProcess) -> None
         assert killed.code == 0, killed
         assert json.loads(killed.out) == {"sessionId": session_id, "status": "closing"}
         assert client.wait_exit() == 3
-        poll(lambda: admin_get(kit, "/sessions")["total"] == 0, 10, "the session to end")
+        wait_until(lambda: admin_get(kit, "/sessions")["total"] == 0, 10, "the session to end")
         missing = run_cli(kit, "kill", session_id, env=env)
         assert missing.code == 1
         assert missing.err.strip() == f"hoody-tunnel: Session not found: {session_id}"

@@ -28,21 +28,20 @@ from tests.e2e.admin_reference import (
     UNAUTHORIZED,
 )
 from tests.e2e.admin_support import (
-    ADMIN_CLOSE,
     API,
-    GOAWAY,
-    OPEN,
     WireClient,
     admin_delete,
     admin_get,
     auth,
     gauges,
     launch_shared_kit,
-    poll,
     views_agree_with_metrics,
 )
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import ClientProcess, TcpTarget, connect_local, free_port_candidate
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local, free_port_candidate
+from tests.e2e.tunnel_support import ClientProcess, TcpTarget
+from tests.e2e.wire import ADMIN_CLOSE, GOAWAY, OPEN
+from tests.waiting import scaled_s, wait_until
 
 MakeKit = Callable[..., KitProcess]
 UNKNOWN_ID = "sess_0123456789ab"
@@ -142,7 +141,7 @@ def test_kill_sends_goaway_admin_close_drains_and_ends_the_session(kit: KitProce
         opened = wire.expect(OPEN)
         assert opened.stream_id % 2 == 0 and opened.stream_id >= 2
         assert int.from_bytes(opened.payload[:4], "big") == bound["bindId"]
-        poll(lambda: admin_get(kit, "/tunnels")["totalStreams"] == 1, 10, "the stream in /tunnels")
+        wait_until(lambda: admin_get(kit, "/tunnels")["totalStreams"] == 1, 10, "the stream in /tunnels")
 
         grace_ms = 1500
         started = time.monotonic()
@@ -168,7 +167,7 @@ def test_kill_sends_goaway_admin_close_drains_and_ends_the_session(kit: KitProce
             connect_local(port, timeout_s=2.0).recv(1)
 
         # The drain ends by the grace period at the latest (+1 s of slack), then it is gone.
-        poll(lambda: session_id not in session_ids(kit), grace_ms / 1000 + 2.0, "the session to end")
+        wait_until(lambda: session_id not in session_ids(kit), grace_ms / 1000 + 2.0, "the session to end")
         ended_s = time.monotonic() - started
         assert ended_s < scaled_s(grace_ms / 1000 + 2.0)
         after = admin_delete(kit, session_id)
@@ -193,7 +192,7 @@ def test_the_killed_cli_prints_closed_by_admin_and_exits_3(kit: KitProcess) -> N
         client.wait_line("closed by admin", timeout_s=grace_ms / 1000 + 1.0)
         assert time.monotonic() - started < scaled_s(grace_ms / 1000 + 1.0)
         assert client.wait_exit() == 3, client.output()
-        poll(lambda: session_ids(kit) == [], 5, "no session left")
+        wait_until(lambda: session_ids(kit) == [], 5, "no session left")
     finally:
         client.kill()
         target.close()
@@ -216,7 +215,7 @@ def park_a_session(kit: KitProcess) -> tuple[str, int]:
             and tunnels["fdPermitsAvailable"] + granted == tunnels["fdBudget"]
         )
 
-    poll(parked, 10, "the session to be parked")
+    wait_until(parked, 10, "the session to be parked")
     return session_id, port
 
 
@@ -232,7 +231,7 @@ def test_a_parked_session_is_listed_as_orphaned_everywhere(kit: KitProcess) -> N
     assert admin_get(kit, "/bindings")["total"] == 1
     tunnels = admin_get(kit, "/tunnels")
     assert tunnels["orphanedSessions"] == 1 and tunnels["sessions"][0]["state"] == "orphaned"
-    poll(lambda: views_agree_with_metrics(kit), 10, "views and metrics to agree")
+    wait_until(lambda: views_agree_with_metrics(kit), 10, "views and metrics to agree")
     assert gauges(kit)["hoody_tunnel_sessions_orphaned"] == 1
 
 
@@ -242,7 +241,7 @@ def test_deleting_a_parked_session_closes_it_at_once(kit: KitProcess) -> None:
     reply = admin_delete(kit, session_id, "?grace_ms=5000")
     assert (reply.status, reply.json()) == (200, {"sessionId": session_id, "status": "closing"})
     # "At once": nothing is attached to drain, so the grace period does not apply.
-    poll(lambda: session_ids(kit) == [], 2.0, "the parked session to close")
+    wait_until(lambda: session_ids(kit) == [], 2.0, "the parked session to close")
     assert time.monotonic() - started < scaled_s(2.0)
     tunnels = admin_get(kit, "/tunnels")
     assert tunnels["fdPermitsAvailable"] == tunnels["fdBudget"]

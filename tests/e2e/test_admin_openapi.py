@@ -22,9 +22,11 @@ from jsonschema import Draft4Validator
 from openapi_spec_validator import validate as validate_spec
 
 from tests.e2e.admin_reference import REFERENCE, fields_of
-from tests.e2e.admin_support import API, admin_delete, auth, launch_shared_kit, poll
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import ClientProcess, TcpTarget, connect_local, free_port_candidate
+from tests.e2e.admin_support import API, admin_delete, auth, launch_shared_kit
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local, free_port_candidate
+from tests.e2e.tunnel_support import ClientProcess, TcpTarget
+from tests.waiting import scaled_s, wait_until
 
 OPENAPI = f"{API}/openapi.json"
 MAX_EXAMPLES = 25
@@ -123,7 +125,7 @@ def test_the_document_is_valid_public_and_generated_from_the_schemas(live_kit: K
 def test_live_answers_validate_against_the_document(live_kit: KitProcess) -> None:
     kit = live_kit
     spec = document(kit)
-    poll(lambda: kit.get(f"{API}/tunnels", headers=auth(kit)).json()["totalStreams"] == 1, 10, "the stream")
+    wait_until(lambda: kit.get(f"{API}/tunnels", headers=auth(kit)).json()["totalStreams"] == 1, 10, "the stream")
 
     def check(method: str, path: str, template: str, status: int, headers: dict[str, str]) -> None:
         reply = kit.request(method, path, headers=headers)

@@ -13,13 +13,14 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.admin_support import GOAWAY, OPEN, WireClient, admin_get, poll
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import connect_local, free_port_candidate
+from tests.e2e.admin_support import WireClient, admin_get
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local, free_port_candidate
+from tests.e2e.wire import GOAWAY, OPEN, SHUTDOWN
+from tests.waiting import scaled_s, wait_until
 from tunnel.mux.transport import ConnectionClosed
 
 MakeKit = Callable[..., KitProcess]
-SHUTDOWN = 0x0003
 GOING_AWAY = 1001
 
 
@@ -32,7 +33,7 @@ def test_sigterm_sends_goaway_shutdown_drains_closes_1001_and_exits(make_kit: Ma
         wire.bind("EXPOSE", port)
         visitor = connect_local(port)
         wire.expect(OPEN)  # never answered: the stream stays open through the drain
-        poll(lambda: admin_get(kit, "/tunnels")["totalStreams"] == 1, 10, "the open stream")
+        wait_until(lambda: admin_get(kit, "/tunnels")["totalStreams"] == 1, 10, "the open stream")
         assert [s["sessionId"] for s in admin_get(kit, "/sessions")["sessions"]] == [session_id]
 
         started = time.monotonic()

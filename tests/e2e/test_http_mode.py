@@ -1,12 +1,11 @@
 """HTTP mode end to end: a real gunicorn kit, the real ``hoody-tunnel connect`` CLI exposing
-``.../http``, and a real local HTTP server (tests/e2e/test_http_support.py: a WSGI app under
+``.../http``, and a real local HTTP server (tests/e2e/http_support.py: a WSGI app under
 gevent's pywsgi with gevent-websocket) in its own process. HTTP clients: h11 over plain sockets,
 and curl through the container port.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -15,16 +14,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 import pytest
 
+from tests.e2e.admin_support import metric
 from tests.e2e.conftest import MakeKit
-from tests.e2e.harness import REPO_ROOT, KitProcess, scaled_s
-from tests.e2e.test_http_support import (
+from tests.e2e.harness import REPO_ROOT, KitProcess
+from tests.e2e.http_support import (
     HttpClient,
     pattern_chunks,
     pattern_sha256,
@@ -33,7 +33,9 @@ from tests.e2e.test_http_support import (
     ws_recv,
     ws_send,
 )
-from tests.e2e.tunnel_support import ClientProcess, free_port_candidate
+from tests.e2e.loopback import listen_loopback
+from tests.e2e.tunnel_support import ClientProcess, launch_with_expose
+from tests.waiting import scaled_s, wait_until
 
 MIB = 1024 * 1024
 
@@ -46,13 +48,10 @@ class Target:
 
 @pytest.fixture
 def target() -> Iterator[Target]:
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(512)
+    listener = listen_loopback(backlog=512)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e.test_http_support", str(listener.fileno())],
+            [sys.executable, "-m", "tests.e2e.http_support", str(listener.fileno())],
             cwd=REPO_ROOT,
             pass_fds=(listener.fileno(),),
             stdin=subprocess.DEVNULL,
@@ -71,21 +70,9 @@ def target() -> Iterator[Target]:
     process.wait(timeout=10)
 
 
-def expose_http(kit: KitProcess, target_port: int, *extra: str, attempts: int = 3) -> tuple[ClientProcess, int]:
+def expose_http(kit: KitProcess, target_port: int, *extra: str) -> tuple[ClientProcess, int]:
     """The CLI with ``--expose PORT:TARGET/http`` on a free container port (retried on a clash)."""
-    output = ""
-    for _ in range(attempts):
-        port = free_port_candidate()
-        client = ClientProcess.launch(kit, "--expose", f"{port}:{target_port}/http", *extra)
-        try:
-            client.wait_ready()
-            return client, port
-        except AssertionError:
-            client.kill()
-            output = client.output()
-            if "in use" not in output and "PORT_IN_USE" not in output:
-                raise
-    raise AssertionError(f"no free container port\n{output}")
+    return launch_with_expose(kit, lambda port: ["--expose", f"{port}:{target_port}/http", *extra])
 
 
 @pytest.fixture
@@ -134,24 +121,6 @@ class RssSampler:
         self._thread.join()
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + scaled_s(timeout_s)
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def metric(kit: KitProcess, line_start: str) -> float:
-    text = kit.get("/api/v1/tunnel/metrics").body.decode()
-    for line in text.splitlines():
-        if line.startswith(line_start + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 # -- forwarding ------------------------------------------------------------------------------------
 
 
@@ -178,8 +147,8 @@ def test_forwarding_headers_on_keep_alive_requests_and_summary_line(
     connection.close()
     # One stream for the keep-alive connection: the target saw a single TCP connection.
     assert len(peers) == 1
-    assert metric(kit, 'hoody_tunnel_streams_opened_total{kind="expose"}') == 1
-    assert metric(kit, 'hoody_tunnel_http_requests_total{method="GET",status_class="2xx"}') == 4
+    assert metric(kit, "hoody_tunnel_streams_opened_total", absent=0.0, kind="expose") == 1
+    assert metric(kit, "hoody_tunnel_http_requests_total", absent=0.0, method="GET", status_class="2xx") == 4
     log = kit.stderr()
     assert log.count("http request: bind=") >= 4 and "path=/headers status=200" in log
     assert "n=0" not in log.split("http request:")[1].split("\n")[0]  # no query string logged
@@ -214,20 +183,13 @@ def _upload(port: int, size: int, *, chunked: bool, seed: int) -> dict[str, Any]
 
 def _download(port: int, size: int, *, chunked: bool, seed: int) -> tuple[str, int]:
     connection = http(port)
-    digest = hashlib.sha256()
-    count = [0]
-
-    def take(data: bytes) -> None:
-        digest.update(data)
-        count[0] += len(data)
-
     connection.send_request("GET", f"/download?size={size}&seed={seed}&chunked={int(chunked)}")
     connection.end_request()
-    reply = connection.read_response(on_data=take)
+    reply, sha256, received = connection.read_response_hashed()
     connection.close()
     assert reply.status == 200
     assert ("transfer-encoding" in reply.headers) == chunked
-    return digest.hexdigest(), count[0]
+    return sha256, received
 
 
 @pytest.mark.timeout(600)
@@ -260,16 +222,10 @@ def test_chunked_bodies_both_ways_byte_exact(kit: KitProcess, target: Target, cl
     # Chunked both ways on one request: the target echoes the chunked body as it reads it.
     connection = http(port)
     connection.send_request("POST", "/echo", [("Transfer-Encoding", "chunked")])
-    digest = hashlib.sha256()
-    count = [0]
     done: dict[str, Any] = {}
 
     def read() -> None:
-        def take(data: bytes) -> None:
-            digest.update(data)
-            count[0] += len(data)
-
-        done["reply"] = connection.read_response(on_data=take)
+        done["reply"], done["sha256"], done["size"] = connection.read_response_hashed()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -279,7 +235,7 @@ def test_chunked_bodies_both_ways_byte_exact(kit: KitProcess, target: Target, cl
     connection.end_request()
     reader.join(scaled_s(120))
     assert done["reply"].headers["transfer-encoding"] == "chunked"
-    assert (digest.hexdigest(), count[0]) == (pattern_sha256(8, echo_size), echo_size)
+    assert (done["sha256"], done["size"]) == (pattern_sha256(8, echo_size), echo_size)
     connection.close()
 
 
@@ -352,8 +308,8 @@ def test_400_never_forwarded(kit: KitProcess, target: Target, clients: list[Clie
     sock.close()
     assert status == 400, body
     assert headers["x-hoody-tunnel-error"] == "bad_request"
-    assert metric(kit, 'hoody_tunnel_streams_opened_total{kind="expose"}') == 0  # never reached the client
-    assert metric(kit, 'hoody_tunnel_http_error_responses_total{cause="bad_request"}') == 1
+    assert metric(kit, "hoody_tunnel_streams_opened_total", absent=0.0, kind="expose") == 0  # never reached the client
+    assert metric(kit, "hoody_tunnel_http_error_responses_total", absent=0.0, cause="bad_request") == 1
 
 
 # -- parking ---------------------------------------------------------------------------------------------
@@ -361,7 +317,7 @@ def test_400_never_forwarded(kit: KitProcess, target: Target, clients: list[Clie
 
 def _stop_and_wait_parked(kit: KitProcess, client: ClientProcess) -> None:
     os.killpg(client.process.pid, signal.SIGSTOP)  # silent: the kit's heartbeat declares it dead
-    wait_for(lambda: "session parked" in kit.stderr(), 20, "the kit to park the session")
+    wait_until(lambda: "session parked" in kit.stderr(), 20, "the kit to park the session")
 
 
 def test_request_during_parking_is_held_then_served(make_kit: MakeKit, target: Target, clients: list[ClientProcess]) -> None:
@@ -379,15 +335,15 @@ def test_request_during_parking_is_held_then_served(make_kit: MakeKit, target: T
 
     sender = threading.Thread(target=request, daemon=True)
     sender.start()
-    wait_for(lambda: "http request held" in kit.stderr(), 20, "the request to be held")
+    wait_until(lambda: "http request held" in kit.stderr(), 20, "the request to be held")
     resumed_at = time.monotonic()
     os.killpg(client.process.pid, signal.SIGCONT)
     sender.join(scaled_s(30))
     reply = result["reply"]
     assert reply.status == 200 and reply.json()["query"] == "during=parking"
     assert result["at"] >= resumed_at
-    wait_for(lambda: "session resumed" in kit.stderr(), 10, "the resume in the kit's log")
-    assert metric(kit, 'hoody_tunnel_http_requests_held_total{outcome="served"}') == 1
+    wait_until(lambda: "session resumed" in kit.stderr(), 10, "the resume in the kit's log")
+    assert metric(kit, "hoody_tunnel_http_requests_held_total", absent=0.0, outcome="served") == 1
 
 
 def test_hold_runs_out_503_retry_after(make_kit: MakeKit, target: Target, clients: list[ClientProcess]) -> None:

@@ -18,11 +18,8 @@ map), but what the tests assert about GOAWAY is decoded from the bytes on the wi
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -30,17 +27,15 @@ from typing import Any
 
 import gevent
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.fault_proxy import UP, FaultProxy, ProxiedKit
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import (
-    ClientProcess,
-    free_port_candidate,
-    launch_with_expose,
-    recv_exactly,
-    wait_until,
-)
+from tests.e2e.admin_support import admin_get, check_fd_invariant, metric
+from tests.e2e.fault_proxy import UP, FaultProxy, launch_client
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local, free_port_candidate, listen_loopback, recv_exactly, round_trip
+from tests.e2e.tunnel_support import TcpTarget
+from tests.e2e.wire import ADMIN_CLOSE, PROTOCOL_ERROR, RESUME_FAILED, SUPERSEDED, Frame, split_frames
+from tests.e2e.wire import encode_frame as encode_wire_frame
+from tests.waiting import holds_for, scaled_s, wait_until
 from tunnel.mux.transport import ConnectionClosed, SocketTransport, TransportError
 from tunnel.mux.ws_client import connect
 from tunnel.protocol import (
@@ -60,27 +55,14 @@ from tunnel.protocol import (
 MakeKit = Callable[..., KitProcess]
 API = "/api/v1/tunnel"
 WINDOW = 256 * 1024
-RESUME_FAILED, SUPERSEDED, ADMIN_CLOSE, PROTOCOL_ERROR, AUTH_FAILED = 0x000D, 0x000C, 0x0001, 0x0002, 0x0004
 RESUMED_LINE = re.compile(r"resumed (sess_[0-9a-f]{12}) after (\d+\.\d) s")
 
 
 # == helpers ====================================================================================
 
 
-def launch_client(kit: KitProcess, proxy: FaultProxy | None, args: Callable[[int], list[str]]) -> tuple[ClientProcess, int]:
-    """The CLI through ``proxy`` (or straight to the kit), exposing a free container port."""
-    where: Any = ProxiedKit(kit, proxy) if proxy is not None else kit
-    return launch_with_expose(where, args)
-
-
-def admin(kit: KitProcess, path: str) -> Any:
-    reply = kit.get(f"{API}{path}", headers={"Authorization": f"Bearer {kit.admin_token}"})
-    assert reply.status == 200, (path, reply.status, reply.body[:300])
-    return reply.json()
-
-
 def sessions(kit: KitProcess) -> list[dict[str, Any]]:
-    return list(admin(kit, "/sessions")["sessions"])
+    return list(admin_get(kit, "/sessions")["sessions"])
 
 
 def session_by_id(kit: KitProcess, session_id: str) -> dict[str, Any] | None:
@@ -92,10 +74,9 @@ def wait_state(kit: KitProcess, session_id: str, state: str, timeout_s: float = 
         found = session_by_id(kit, session_id)
         return found if found is not None and found["state"] == state else None
 
-    try:
-        return wait_until(probe, timeout_s, f"{session_id} {state}")  # type: ignore[no-any-return]
-    except AssertionError:
-        raise AssertionError(f"{session_id} not {state}: {sessions(kit)}\n{kit.stderr()[-3000:]}") from None
+    return wait_until(
+        probe, timeout_s, f"{session_id} {state}", context=lambda: f"{sessions(kit)}\n{kit.stderr()[-3000:]}"
+    )
 
 
 def wait_gone(kit: KitProcess, session_id: str, timeout_s: float = 10) -> list[str]:
@@ -108,88 +89,22 @@ def wait_gone(kit: KitProcess, session_id: str, timeout_s: float = 10) -> list[s
             seen.append(found["state"])
         return found is None
 
-    try:
-        wait_until(probe, timeout_s, f"{session_id} gone")
-    except AssertionError:
-        raise AssertionError(
-            f"{session_id} still listed after {timeout_s} s (states seen: {sorted(set(seen))}): {sessions(kit)}"
-        ) from None
+    wait_until(
+        probe,
+        timeout_s,
+        f"{session_id} gone",
+        context=lambda: f"states seen: {sorted(set(seen))}; sessions: {sessions(kit)}",
+    )
     return seen
 
 
 def tunnels_checked(kit: KitProcess) -> dict[str, Any]:
     """GET /tunnels with the FD invariant of docs/protocol.md §12 asserted."""
-    body = admin(kit, "/tunnels")
-    granted = sum(s["connectionsGranted"] for s in body["sessions"])
-    assert body["fdPermitsAvailable"] + granted == body["fdBudget"], body
-    return dict(body)
-
-
-def metric_samples(kit: KitProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    reply = kit.get(f"{API}/metrics")
-    assert reply.status == 200
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(reply.body.decode()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def metric(kit: KitProcess, name: str, **labels: str) -> float | None:
-    return metric_samples(kit).get((name, tuple(sorted(labels.items()))))
-
-
-class EchoServer:
-    """Echoes every connection until EOF (threads, plain sockets)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        for conn in self._conns:
-            try:
-                conn.close()
-            except OSError:
-                pass
+    return check_fd_invariant(admin_get(kit, "/tunnels"))
 
 
 def dial(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
-    sock.settimeout(scaled_s(20))
-    return sock
-
-
-def round_trip(sock: socket.socket, payload: bytes) -> None:
-    sock.sendall(payload)
-    assert recv_exactly(sock, len(payload)) == payload
+    return connect_local(port, read_timeout_s=20)
 
 
 def nothing_arrives(sock: socket.socket, within_s: float) -> bool:
@@ -207,45 +122,15 @@ def nothing_arrives(sock: socket.socket, within_s: float) -> bool:
 # -- a raw client on the project's transport and Session ----------------------------------------
 
 
-@dataclasses.dataclass
-class WireFrame:
-    type: int
-    flags: int
-    stream_id: int
-    payload: bytes
-
-    @property
-    def code(self) -> int:
-        return int(struct.unpack("!H", self.payload[:2])[0])
-
-    @property
-    def reason(self) -> str:
-        return self.payload[2:].decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.payload)
-
-
-def wire_frames(message: bytes, version: int = 2) -> list[WireFrame]:
-    """Split one WebSocket message into frames by their 10-byte headers (docs/protocol.md §2.1)."""
-    out: list[WireFrame] = []
-    offset = 0
-    while offset < len(message):
-        ftype, flags, sid, length = struct.unpack_from("!BBII", message, offset)
-        out.append(WireFrame(ftype, flags, sid, bytes(message[offset + 10 : offset + 10 + length])))
-        offset += 10 + length
-    return out
-
-
 def open_transport(url: str, version: int = 2) -> SocketTransport:
     return connect(url, [f"hoody-tunnel.v{version}"], timeout_s=scaled_s(10), headers={"User-Agent": "e2e-resume/1.0"})
 
 
-def read_frames(transport: SocketTransport, until: Callable[[WireFrame], bool], timeout_s: float = 10,
-                feed: Session | None = None) -> tuple[WireFrame | None, list[WireFrame]]:
+def read_frames(transport: SocketTransport, until: Callable[[Frame], bool], timeout_s: float = 10,
+                feed: Session | None = None) -> tuple[Frame | None, list[Frame]]:
     """Read until a frame satisfies ``until`` (returned) or the connection ends (None).
     Every frame read is returned too; ``feed`` gets each message and its answers are sent."""
-    seen: list[WireFrame] = []
+    seen: list[Frame] = []
     deadline = time.monotonic() + scaled_s(timeout_s)
     while True:
         remaining = deadline - time.monotonic()
@@ -258,7 +143,7 @@ def read_frames(transport: SocketTransport, until: Callable[[WireFrame], bool], 
             return None, seen
         except TimeoutError:
             continue
-        frames = wire_frames(message)
+        frames = split_frames(message)
         seen.extend(frames)
         if feed is not None:
             try:
@@ -273,13 +158,9 @@ def read_frames(transport: SocketTransport, until: Callable[[WireFrame], bool], 
                     pass
         for frame in frames:
             if frame.type == FrameType.PING and feed is None:
-                transport.send_messages([bytes(encode_frame_raw(FrameType.PONG, frame.payload))])
+                transport.send_messages([encode_wire_frame(FrameType.PONG, 0, frame.payload)])
             if until(frame):
                 return frame, seen
-
-
-def encode_frame_raw(frame_type: int, payload: bytes = b"", stream_id: int = 0, flags: int = 0) -> bytes:
-    return struct.pack("!BBII", frame_type, flags, stream_id, len(payload)) + payload
 
 
 class RawClient:
@@ -329,7 +210,7 @@ class RawClient:
         """Drop the connection without GOAWAY or close frame (a dead network)."""
         self.transport.abort()
 
-    def resume(self) -> tuple[WireFrame | None, list[WireFrame]]:
+    def resume(self) -> tuple[Frame | None, list[Frame]]:
         """HELLO.resume on a new connection (the Session builds the received map); returns the
         answering WELCOME or GOAWAY frame."""
         transport = open_transport(self.url, self.version)
@@ -350,7 +231,7 @@ class RawClient:
             pass
 
 
-def crafted_resume(url: str, *, token: str, session_id: str, resume_token: str, version: int = 2) -> tuple[WireFrame | None, list[WireFrame]]:
+def crafted_resume(url: str, *, token: str, session_id: str, resume_token: str, version: int = 2) -> tuple[Frame | None, list[Frame]]:
     """A HELLO.resume written by hand on a new connection; returns the kit's answer frame."""
     transport = open_transport(url, version)
     try:
@@ -362,7 +243,7 @@ def crafted_resume(url: str, *, token: str, session_id: str, resume_token: str, 
         transport.abort()
 
 
-def assert_goaway(answer: tuple[WireFrame | None, list[WireFrame]], code: int) -> WireFrame:
+def assert_goaway(answer: tuple[Frame | None, list[Frame]], code: int) -> Frame:
     frame, seen = answer
     assert frame is not None, f"connection ended without GOAWAY; frames: {seen}"
     assert frame.type == FrameType.GOAWAY, f"expected GOAWAY, got {frame.type:#x}: {frame.payload[:200]!r}"
@@ -377,9 +258,7 @@ def test_fault_proxy_cuts_at_the_requested_byte(tmp_path: Any) -> None:
     """cut_after(n) forwards exactly n bytes, then both ends see a reset; pause stalls."""
     received = bytearray()
     ended = threading.Event()
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
+    server = listen_loopback(backlog=4)
 
     def serve() -> None:
         conn, _ = server.accept()
@@ -396,7 +275,7 @@ def test_fault_proxy_cuts_at_the_requested_byte(tmp_path: Any) -> None:
         sock = dial(proxy.port)
         proxy.pause()
         sock.sendall(b"a" * 1000)
-        assert nothing_arrives_server(received, 0.2)
+        holds_for(lambda: not received, 0.2, "no bytes across the paused proxy")
         proxy.unpause()
         wait_until(lambda: len(received) == 1000, 5, "1000 bytes after unpause")
         proxy.cut_after(12345, UP)
@@ -411,21 +290,13 @@ def test_fault_proxy_cuts_at_the_requested_byte(tmp_path: Any) -> None:
     server.close()
 
 
-def nothing_arrives_server(buffer: bytearray, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        assert not buffer, "bytes crossed a paused proxy"
-        time.sleep(0.01)
-    return True
-
-
 # == parking =====================================================================================
 
 
 @pytest.mark.timeout(90)
 def test_parked_session_keeps_bindings_and_serves_waiting_connections_after_resume(make_kit: MakeKit) -> None:
     kit = make_kit(HOODY_TUNNEL_EXPOSE_HOST="127.0.0.1")
-    echo = EchoServer()
+    echo = TcpTarget("echo")
     proxy = FaultProxy(kit.port)
     client = None
     try:
@@ -454,7 +325,7 @@ def test_parked_session_keeps_bindings_and_serves_waiting_connections_after_resu
         # The WebSocket's permit is released; listener and stream sockets keep theirs.
         assert tunnels["sessions"][0]["connectionsGranted"] == granted_before - 1, tunnels
         assert sorted(b["kind"] for b in parked["bindings"]) == ["EXPOSE", "PULL"], parked
-        assert len(admin(kit, "/bindings")["bindings"]) == 2
+        assert len(admin_get(kit, "/bindings")["bindings"]) == 2
         assert metric(kit, "hoody_tunnel_sessions_orphaned") == 1.0
 
         # While parked: a new EXPOSE connection waits in the backlog; a local PULL connection
@@ -501,7 +372,7 @@ def test_parked_session_keeps_bindings_and_serves_waiting_connections_after_resu
 @pytest.mark.timeout(60)
 def test_ttl_expiry_releases_bindings_permits_and_the_expose_port(make_kit: MakeKit) -> None:
     kit = make_kit(HOODY_TUNNEL_EXPOSE_HOST="127.0.0.1", HOODY_TUNNEL_ORPHAN_TTL_MS="1000")
-    echo = EchoServer()
+    echo = TcpTarget("echo")
     client = None
     try:
         client, container_port = launch_client(
@@ -525,7 +396,7 @@ def test_ttl_expiry_releases_bindings_permits_and_the_expose_port(make_kit: Make
         tunnels = tunnels_checked(kit)
         assert tunnels["sessions"] == [] and tunnels["orphanedSessions"] == 0, tunnels
         assert tunnels["fdPermitsAvailable"] == budget, tunnels
-        assert admin(kit, "/bindings")["bindings"] == []
+        assert admin_get(kit, "/bindings")["bindings"] == []
         assert metric(kit, "hoody_tunnel_sessions_orphaned") == 0.0
         # The stream's kit-side socket is closed: the held connection ends.
         expose_a.settimeout(scaled_s(5))
@@ -551,7 +422,7 @@ def test_ttl_expiry_releases_bindings_permits_and_the_expose_port(make_kit: Make
 @pytest.mark.timeout(60)
 def test_client_whose_session_expired_starts_a_new_one_and_binds_again(make_kit: MakeKit) -> None:
     kit = make_kit(HOODY_TUNNEL_EXPOSE_HOST="127.0.0.1", HOODY_TUNNEL_ORPHAN_TTL_MS="1000")
-    echo = EchoServer()
+    echo = TcpTarget("echo")
     proxy = FaultProxy(kit.port)
     client = None
     try:
@@ -677,7 +548,7 @@ def test_admin_killed_sessions_are_not_parked_and_cannot_be_resumed(make_kit: Ma
         assert_goaway(parked.resume(), RESUME_FAILED)
         tunnels = tunnels_checked(kit)
         assert tunnels["fdPermitsAvailable"] == budget and tunnels["sessions"] == [], tunnels
-        assert admin(kit, "/bindings")["bindings"] == []
+        assert admin_get(kit, "/bindings")["bindings"] == []
     finally:
         parked.close()
 
@@ -718,7 +589,7 @@ def test_resume_while_the_old_connection_is_open_supersedes_it(make_kit: MakeKit
 @pytest.mark.timeout(60)
 def test_v1_sessions_are_never_parked(make_kit: MakeKit) -> None:
     kit = make_kit(HOODY_TUNNEL_EXPOSE_HOST="127.0.0.1")
-    echo = EchoServer()
+    echo = TcpTarget("echo")
     proxy = FaultProxy(kit.port)
     client = None
     try:
@@ -753,7 +624,7 @@ def test_v1_sessions_are_never_parked(make_kit: MakeKit) -> None:
 @pytest.mark.timeout(60)
 def test_orderly_close_and_protocol_errors_are_never_parked(make_kit: MakeKit) -> None:
     kit = make_kit(HOODY_TUNNEL_EXPOSE_HOST="127.0.0.1")
-    echo = EchoServer()
+    echo = TcpTarget("echo")
     client, _ = launch_client(kit, None, lambda port: ["--expose", f"{port}:127.0.0.1:{echo.port}"])
     try:
         [info] = sessions(kit)
@@ -766,7 +637,7 @@ def test_orderly_close_and_protocol_errors_are_never_parked(make_kit: MakeKit) -
 
     raw = RawClient(kit)
     try:
-        raw.transport.send_messages([encode_frame_raw(0x7F)])  # an unknown frame type
+        raw.transport.send_messages([encode_wire_frame(0x7F)])  # an unknown frame type
         assert_goaway(read_frames(raw.transport, lambda f: f.type == FrameType.GOAWAY), PROTOCOL_ERROR)
         raw.cut()
         seen = wait_gone(kit, raw.session_id, 10)
@@ -818,7 +689,7 @@ class Pinger:
 def test_long_lived_connections_live_through_a_five_second_outage(make_kit: MakeKit, outage: str) -> None:
     # heartbeat 1 s: a silent network is declared dead after 3 s of silence, on both sides.
     kit = make_kit(HOODY_TUNNEL_EXPOSE_HOST="127.0.0.1", HOODY_TUNNEL_HEARTBEAT_MS="1000")
-    echo = EchoServer()
+    echo = TcpTarget("echo")
     proxy = FaultProxy(kit.port)
     client = None
     pingers: list[Pinger] = []

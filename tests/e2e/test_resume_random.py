@@ -31,9 +31,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.fault_proxy import DOWN, UP, FaultProxy, ProxiedKit, TunnelFrameSeen, is_fin
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import ClientProcess, launch_with_expose, wait_until
+from tests.e2e.admin_support import admin_get
+from tests.e2e.fault_proxy import DOWN, UP, FaultProxy, TunnelFrameSeen, is_fin, launch_client
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import TcpServer, recv_until_eof
+from tests.e2e.tunnel_support import ClientProcess
+from tests.waiting import scaled_s, wait_until
 
 MakeKit = Callable[..., KitProcess]
 
@@ -44,6 +47,7 @@ PER_PATH_BYTES = 16 * MIB  # at least this much each way through each of PULL an
 HEADER = struct.Struct("!QQQ")  # tag, bytes the initiator sends after the header, bytes it wants back
 API = "/api/v1/tunnel"
 FD_SLACK = 3
+CHAOS_BACKSTOP_S = 90  # longer than the transfers may take (60 s), shorter than the test's timeout
 
 
 # -- transfers with exact checking ---------------------------------------------------------------
@@ -66,13 +70,6 @@ def first_difference(got: bytes | bytearray, want: bytes) -> str:
     return f"length differs: got {len(got)} bytes, want {len(want)} (prefix equal)"
 
 
-def recv_all(sock: socket.socket) -> bytearray:
-    data = bytearray()
-    while chunk := sock.recv(256 * 1024):
-        data += chunk
-    return data
-
-
 def send_all_then_fin(sock: socket.socket, data: bytes, errors: list[str], what: str) -> None:
     try:
         view = memoryview(data)
@@ -83,34 +80,17 @@ def send_all_then_fin(sock: socket.socket, data: bytes, errors: list[str], what:
         errors.append(f"{what}: send failed: {exc!r}")
 
 
-class CheckingTarget:
+class CheckingTarget(TcpServer):
     """A TCP server: reads the header (tag, up size, down size), sends the down bytes while
     reading the up bytes to EOF, and records whether they were exact."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(256)
-        self.port = self.listener.getsockname()[1]
         self.results: dict[int, str] = {}  # tag -> "equal" or what differed
         self.errors: list[str] = []
-        self._lock = threading.Condition()
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept_loop, daemon=True).start()
+        super().__init__(backlog=256)
 
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._sockets.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(scaled_s(60))
         try:
             head = bytearray()
@@ -126,27 +106,18 @@ class CheckingTarget:
                 daemon=True,
             )
             sender.start()
-            got = recv_all(conn)
+            got = recv_until_eof(conn, 256 * 1024)
             sender.join(scaled_s(60))
             verdict = first_difference(got, stream_bytes(tag, UP, up_size))
-            with self._lock:
+            with self.lock:
                 self.results[tag] = verdict
-                self._lock.notify_all()
+                self.lock.notify_all()
         except Exception as exc:  # noqa: BLE001 - reported by the test
-            with self._lock:
+            with self.lock:
                 self.errors.append(f"{self.name} target: {exc!r}")
-                self._lock.notify_all()
+                self.lock.notify_all()
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self.listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
 
 
 @dataclass
@@ -292,30 +263,30 @@ class Chaos:
                     self.proxy.cut_next_connection_after(
                         rng.randint(0, 900), hs_dir, label=f"plan {index}: inside the reconnect handshake"
                     )
-            # Wait for the cut to land (or the transfers to end first).
-            while self.proxy.cuts == cuts_before and not self.done.wait(0.01):
-                pass
+            # Wait for the cut to land (or the transfers to end first: the test sets ``done`` at
+            # the latest after its 60 s of transfers, so the deadline is only a backstop).
+            wait_until(
+                lambda: self.proxy.cuts != cuts_before or self.done.is_set(),
+                CHAOS_BACKSTOP_S,
+                f"plan {index} ({kind}) to fire, or the transfers to end",
+                interval_s=0.01,
+            )
             if self.proxy.cuts == cuts_before:
                 self.log.append(f"plan {index} ({kind}) did not fire before the end")
                 return
             self.log.append(f"plan {index} ({kind}) fired")
             # Then for the client to resume before the next one is armed.
-            deadline = time.monotonic() + scaled_s(20)
-            while self.resumed_count() == resumed_before:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no resume after plan {index}:\n{self.client.output()}")
-                if self.done.wait(0.01):
-                    break
+            wait_until(
+                lambda: self.resumed_count() != resumed_before or self.done.is_set(),
+                20,
+                f"a resume after plan {index}",
+                interval_s=0.01,
+                context=self.client.output,
+            )
         self.log.append("plan finished")
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def admin(kit: KitProcess, path: str) -> Any:
-    reply = kit.get(f"{API}{path}", headers={"Authorization": f"Bearer {kit.admin_token}"})
-    assert reply.status == 200, (path, reply.status, reply.body[:300])
-    return reply.json()
 
 
 def worker_fds(kit: KitProcess) -> int:
@@ -324,11 +295,6 @@ def worker_fds(kit: KitProcess) -> int:
     fds = reply.json()["fds"]
     assert isinstance(fds, int), reply.json()
     return fds
-
-
-def launch_via_proxy(kit: KitProcess, proxy: FaultProxy, args: Callable[[int], list[str]]) -> tuple[ClientProcess, int]:
-    where: Any = ProxiedKit(kit, proxy)
-    return launch_with_expose(where, args)
 
 
 # -- the test ------------------------------------------------------------------------------------
@@ -347,11 +313,11 @@ def test_streams_stay_byte_exact_through_random_cuts(make_kit: MakeKit, seed: in
     chaos: Chaos | None = None
     started = time.monotonic()
     try:
-        client, container_port = launch_via_proxy(
+        client, container_port = launch_client(
             kit, proxy, lambda port: ["--pull", f"0:{pull_target.port}", "--expose", f"{port}:127.0.0.1:{expose_target.port}"]
         )
         pull_port = client.pull_port(pull_target.port)
-        [session] = admin(kit, "/sessions")["sessions"]
+        [session] = admin_get(kit, "/sessions")["sessions"]
         session_id = session["sessionId"]
         baseline_fds = worker_fds(kit)
 
@@ -393,7 +359,7 @@ def test_streams_stay_byte_exact_through_random_cuts(make_kit: MakeKit, seed: in
         if hung:
             far = {t.name: sorted(t.results) for t in (pull_target, expose_target)}
             try:
-                kit_view: Any = admin(kit, "/sessions")
+                kit_view: Any = admin_get(kit, "/sessions")
             except Exception as exc:  # noqa: BLE001 - a report, not a check
                 kit_view = repr(exc)
             raise AssertionError(
@@ -406,8 +372,8 @@ def test_streams_stay_byte_exact_through_random_cuts(make_kit: MakeKit, seed: in
         assert not bad, f"initiator side: {bad}\n{report}"
         for target, path in ((pull_target, "pull"), (expose_target, "expose")):
             tags = [o.plan.tag for o in outcomes if o.plan.path == path]
-            with target._lock:
-                target._lock.wait_for(lambda: all(t in target.results for t in tags), scaled_s(20))
+            with target.lock:
+                target.lock.wait_for(lambda: all(t in target.results for t in tags), scaled_s(20))
                 results = dict(target.results)
             far_bad = {t: results.get(t, "no result") for t in tags if results.get(t) != "equal"}
             assert not far_bad, f"{path} target side: {far_bad} {target.errors}\n{report}"
@@ -420,25 +386,31 @@ def test_streams_stay_byte_exact_through_random_cuts(make_kit: MakeKit, seed: in
         assert client.process.poll() is None, report
         # If the last cut came at the very end, let the client come back first.
         wait_until(
-            lambda: [s["state"] for s in admin(kit, "/sessions")["sessions"]] == ["active"],
+            lambda: [s["state"] for s in admin_get(kit, "/sessions")["sessions"]] == ["active"],
             20, f"the session active again\n{report}",
         )
-        [session] = admin(kit, "/sessions")["sessions"]
+        [session] = admin_get(kit, "/sessions")["sessions"]
         assert session["sessionId"] == session_id, report
 
         # No stream left open, nothing orphaned, the FD budget whole, the worker's FDs back.
-        wait_until(lambda: admin(kit, "/sessions")["sessions"][0]["activeStreams"] == 0, 20,
-                   f"activeStreams 0: {admin(kit, '/sessions')}\n{report}")
-        tunnels = admin(kit, "/tunnels")
+        wait_until(
+            lambda: admin_get(kit, "/sessions")["sessions"][0]["activeStreams"] == 0,
+            20,
+            "activeStreams 0",
+            context=lambda: f"{admin_get(kit, '/sessions')}\n{report}",
+        )
+        tunnels = admin_get(kit, "/tunnels")
         assert tunnels["orphanedSessions"] == 0, tunnels
         granted = sum(s["connectionsGranted"] for s in tunnels["sessions"])
         assert tunnels["fdPermitsAvailable"] + granted == tunnels["fdBudget"] == 256, tunnels
         # WebSocket + EXPOSE listener: nothing else may hold a permit now.
         assert granted == 2, tunnels
-        try:
-            wait_until(lambda: abs(worker_fds(kit) - baseline_fds) <= FD_SLACK, 20, "fds back to baseline")
-        except AssertionError:
-            raise AssertionError(f"kit fds {worker_fds(kit)} vs baseline {baseline_fds}\n{report}") from None
+        wait_until(
+            lambda: abs(worker_fds(kit) - baseline_fds) <= FD_SLACK,
+            20,
+            "fds back to baseline",
+            context=lambda: f"kit fds {worker_fds(kit)} vs baseline {baseline_fds}\n{report}",
+        )
         print(
             f"\nseed {seed}: passed in {time.monotonic() - started:.1f} s, {proxy.cuts} cuts, "
             f"{chaos.resumed_count()} resumes, {len(outcomes)} streams byte-exact\n{report}"

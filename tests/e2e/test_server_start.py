@@ -10,7 +10,10 @@ from collections.abc import Callable
 
 import psutil
 
-from tests.e2e.harness import KitProcess, scaled_s
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import recv_until
+from tests.e2e.wire import ws_upgrade_request
+from tests.waiting import scaled_s
 
 MakeKit = Callable[..., KitProcess]
 
@@ -101,16 +104,10 @@ def _raw_request(kit: KitProcess, request: bytes) -> bytes:
 
 
 def _upgrade_request(kit: KitProcess, subprotocols: str) -> bytes:
-    return (
-        f"GET {CONNECT} HTTP/1.1\r\n"
-        f"Host: {kit.host}:{kit.port}\r\n"
-        "Connection: Upgrade\r\n"
-        "Upgrade: websocket\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {subprotocols}\r\n"
-        "\r\n"
-    ).encode()
+    # The sample nonce of RFC 6455 §1.3, whose accept value the test checks literally.
+    return ws_upgrade_request(
+        CONNECT, f"{kit.host}:{kit.port}", "dGhlIHNhbXBsZSBub25jZQ==", {"Sec-WebSocket-Protocol": subprotocols}
+    )
 
 
 def _parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -147,13 +144,7 @@ def test_supported_subprotocol_gets_101_with_exactly_that_protocol(kit: KitProce
 def _raw_request_until_headers(kit: KitProcess, request: bytes) -> bytes:
     with socket.create_connection((kit.host, kit.port), timeout=scaled_s(10.0)) as sock:
         sock.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return recv_until(sock, b"\r\n\r\n")
 
 
 def test_plain_get_on_connect_is_426(kit: KitProcess) -> None:

@@ -3,23 +3,10 @@ and reconnects (backoff with jitter) as a new session to the restarted kit, bind
 
 from __future__ import annotations
 
+from tests.e2e.admin_support import admin_get
 from tests.e2e.conftest import MakeKit
-from tests.e2e.tunnel_support import ClientProcess, TcpTarget, connect_local
-
-
-def _echo_once(port: int, payload: bytes) -> bytes:
-    sock = connect_local(port)
-    try:
-        sock.sendall(payload)
-        received = b""
-        while len(received) < len(payload):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
-        return received
-    finally:
-        sock.close()
+from tests.e2e.loopback import connect_local, round_trip
+from tests.e2e.tunnel_support import ClientProcess, TcpTarget
 
 
 def test_client_reconnects_to_the_restarted_kit_after_sigterm(make_kit: MakeKit) -> None:
@@ -29,7 +16,8 @@ def test_client_reconnects_to_the_restarted_kit_after_sigterm(make_kit: MakeKit)
     try:
         client.wait_ready()
         local_port = client.pull_port(echo.port)
-        assert _echo_once(local_port, b"before") == b"before"
+        with connect_local(local_port) as sock:
+            round_trip(sock, b"before")
         assert first.stop() == 0  # SIGTERM: GOAWAY(SHUTDOWN), drain, exit 0
         client.wait_line("shutting down")
         # The same port, state directory and tokens, as a restarted container would have.
@@ -37,10 +25,9 @@ def test_client_reconnects_to_the_restarted_kit_after_sigterm(make_kit: MakeKit)
         client.wait_line("reconnected as", timeout_s=40)
         assert client.process.poll() is None
         # The local PULL listener stayed open throughout and works through the new session.
-        assert _echo_once(local_port, b"after") == b"after"
-        sessions = second.get(
-            "/api/v1/tunnel/sessions", headers={"Authorization": f"Bearer {second.admin_token}"}
-        ).json()
+        with connect_local(local_port) as sock:
+            round_trip(sock, b"after")
+        sessions = admin_get(second, "/sessions")
         assert sessions["total"] == 1 and sessions["sessions"][0]["bindings"][0]["kind"] == "PULL"
         assert client.interrupt() == 0
     finally:

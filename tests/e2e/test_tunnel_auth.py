@@ -12,17 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import (
-    AUTH_FAILED,
-    GOAWAY,
-    HELLO,
-    TIMEOUT,
-    WELCOME,
-    ClientProcess,
-    RawClient,
-    TcpTarget,
-)
+from tests.e2e.harness import KitProcess
+from tests.e2e.tunnel_support import ClientProcess, RawClient, TcpTarget
+from tests.e2e.wire import AUTH_FAILED, GOAWAY, HELLO, TIMEOUT, WELCOME
+from tests.waiting import scaled_s
 
 MakeKit = Callable[..., KitProcess]
 

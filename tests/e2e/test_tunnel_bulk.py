@@ -12,13 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import (
-    TcpTarget,
-    bidirectional_transfer,
-    connect_local,
-    launch_with_expose,
-)
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local
+from tests.e2e.tunnel_support import TcpTarget, bidirectional_transfer, launch_with_expose
+from tests.waiting import scaled_s
 
 MakeKit = Callable[..., KitProcess]
 

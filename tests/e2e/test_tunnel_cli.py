@@ -11,23 +11,19 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import KitProcess, scaled_s
+from tests.e2e.admin_support import admin_get
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local, recv_exactly, reserved_dead_port
 from tests.e2e.tunnel_support import (
-    BIND_OK,
-    GOAWAY,
-    PING,
     ClientProcess,
     RawClient,
     TcpTarget,
     WsClosed,
-    connect_local,
     launch_with_expose,
-    recv_exactly,
-    reserved_dead_port,
     run_cli,
-    tunnels_view,
-    wait_kit_log,
 )
+from tests.e2e.wire import BIND_OK, GOAWAY, PING
+from tests.waiting import scaled_s
 
 MakeKit = Callable[..., KitProcess]
 
@@ -67,7 +63,7 @@ def test_ctrl_c_exits_0_and_the_kit_closes_the_session(kit: KitProcess) -> None:
             assert recv_exactly(sock, 4) == b"ping"
 
         assert client.interrupt() == 0, client.output()
-        line = wait_kit_log(kit, rf"session closed: id={session_id} [^\n]*").group(0)
+        line = kit.wait_log(rf"session closed: id={session_id} [^\n]*").group(0)
         assert "reason=dead" not in line and "protocol_error" not in line, line
         assert "Traceback" not in client.output(), client.output()
     finally:
@@ -88,12 +84,12 @@ def test_ctrl_c_exits_0_and_the_kit_closes_the_session(kit: KitProcess) -> None:
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
     # Nothing listens on port 9 of loopback: a usage error must be found before connecting.
-    result = run_cli("connect", "ws://127.0.0.1:9", "--token", "t", *args)
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hoody-tunnel"), result.stderr
-    assert message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    result = run_cli(None, "connect", "ws://127.0.0.1:9", "--token", "t", *args)
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hoody-tunnel"), result.err
+    assert message in lines[0], result.err
+    assert "Traceback" not in result.err
 
 
 @pytest.mark.timeout(60)
@@ -228,12 +224,12 @@ def test_a_peer_that_stops_answering_is_dropped_after_three_heartbeats(
         welcomed = time.monotonic()
         # From now on the raw client neither reads nor writes. v1: the session is closed;
         # v2: it is parked for a resume (docs/protocol.md §10, §13.1).
-        wait_kit_log(kit, rf"session (closed|parked): id={session_id} [^\n]*reason=dead", timeout_s=10)
+        kit.wait_log(rf"session (closed|parked): id={session_id} [^\n]*reason=dead", timeout_s=10)
         dropped_after_s = time.monotonic() - welcomed
         # Nothing was received since the HELLO: not dead before 3 x heartbeat (some slack for
         # the clocks of two processes), and found well before a 10 s bound.
         assert dropped_after_s >= 3 * HEARTBEAT_MS / 1000 - 0.1, dropped_after_s
-        sessions = {s["sessionId"]: s for s in tunnels_view(kit).json()["sessions"]}
+        sessions = {s["sessionId"]: s for s in admin_get(kit, "/tunnels")["sessions"]}
         if version == "v1":
             assert session_id not in sessions, sessions
         else:

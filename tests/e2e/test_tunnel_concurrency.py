@@ -15,14 +15,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import (
-    ClientProcess,
-    TcpTarget,
-    connect_local,
-    pattern_bytes,
-    recv_exactly,
-)
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local, recv_exactly
+from tests.e2e.tunnel_support import ClientProcess, TcpTarget, pattern_bytes
+from tests.waiting import scaled_s
 
 MakeKit = Callable[..., KitProcess]
 

@@ -17,23 +17,25 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import KitProcess, scaled_s
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local
 from tests.e2e.tunnel_support import (
+    ClientProcess,
+    RawClient,
+    TcpTarget,
+    pattern_bytes,
+    sha256_stream,
+)
+from tests.e2e.wire import (
     DATA,
     GOAWAY,
     OPEN_OK,
     PROTOCOL_ERROR,
     WS_MAX_MESSAGE,
-    ClientProcess,
-    RawClient,
-    TcpTarget,
-    connect_local,
     encode_frame,
-    pattern_bytes,
-    sha256_stream,
-    wait_kit_log,
     ws_frame_header,
 )
+from tests.waiting import scaled_s
 
 MakeKit = Callable[..., KitProcess]
 
@@ -146,14 +148,14 @@ def test_an_offending_session_ends_alone_while_another_transfer_completes(
 
         if offence == "message_over_4_MiB":
             assert closed.code == 1009, f"{frames} then {closed}"
-            wait_kit_log(kit, rf"session closed: id={raw_session} .*reason=message_too_big")
+            kit.wait_log(rf"session closed: id={raw_session} .*reason=message_too_big")
         else:
             goaways = [frame for frame in frames if frame.type == GOAWAY]
             assert goaways, f"no GOAWAY: {frames} then {closed}"
             assert goaways[0].code == PROTOCOL_ERROR, (goaways[0].code, goaways[0].reason)
             assert frames[-1] is goaways[-1], f"frames after the GOAWAY: {frames}"
             assert closed.code is not None, f"no close frame after the GOAWAY: {closed}"
-            wait_kit_log(kit, rf"session closed: id={raw_session} .*reason=protocol_error")
+            kit.wait_log(rf"session closed: id={raw_session} .*reason=protocol_error")
 
         # The other session did not notice.
         assert client.process.poll() is None, client.output()

@@ -17,8 +17,11 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import KitProcess, scaled_s
-from tests.e2e.tunnel_support import (
+from tests.e2e.admin_support import admin_get, check_fd_invariant
+from tests.e2e.harness import KitProcess
+from tests.e2e.loopback import connect_local, free_port_candidate, recv_exactly
+from tests.e2e.tunnel_support import ClientProcess, RawClient, TcpTarget, launch_with_expose
+from tests.e2e.wire import (
     BIND_ERR,
     BIND_OK,
     DATA,
@@ -28,18 +31,9 @@ from tests.e2e.tunnel_support import (
     REFUSED,
     RESOURCE_EXHAUSTED,
     RST,
-    ClientProcess,
-    RawClient,
-    RawFrame,
-    TcpTarget,
-    check_fd_invariant,
-    connect_local,
-    free_port_candidate,
-    launch_with_expose,
-    recv_exactly,
-    tunnels_view,
-    wait_until,
+    Frame,
 )
+from tests.waiting import scaled_s, wait_until
 
 MakeKit = Callable[..., KitProcess]
 
@@ -47,9 +41,9 @@ MakeKit = Callable[..., KitProcess]
 QUIET_S = 1.0
 
 
-def _answers(client: RawClient, stream_ids: set[int]) -> dict[int, RawFrame]:
+def _answers(client: RawClient, stream_ids: set[int]) -> dict[int, Frame]:
     """Read until every stream in ``stream_ids`` got OPEN_OK or RST; return those frames."""
-    answers: dict[int, RawFrame] = {}
+    answers: dict[int, Frame] = {}
     while set(answers) != stream_ids:
         frame = client.expect(OPEN_OK, RST, GOAWAY)
         assert frame.type != GOAWAY, f"session ended: {frame.code} {frame.reason!r}"
@@ -169,7 +163,7 @@ def test_a_new_session_without_a_permit_gets_goaway_resource_exhausted(make_kit:
     try:
         session_id = holder.hello(kit.client_token)["sessionId"]
         _bind_expose(holder, req_id=1)  # WebSocket + listener: the budget is spent
-        full = tunnels_view(kit)
+        full = admin_get(kit, "/tunnels")
 
         refused = RawClient.connect(kit)
         frames, closed = refused.read_until_closed()
@@ -183,8 +177,8 @@ def test_a_new_session_without_a_permit_gets_goaway_resource_exhausted(make_kit:
 
         # The holder leaves: both permits come back, and a session is welcome again.
         holder.close()
-        wait_until(lambda: tunnels_view(kit).json()["fdPermitsAvailable"] == 2, 10, "permits back")
-        check_fd_invariant(tunnels_view(kit), 2)
+        wait_until(lambda: admin_get(kit, "/tunnels")["fdPermitsAvailable"] == 2, 10, "permits back")
+        check_fd_invariant(admin_get(kit, "/tunnels"), 2)
         retry = RawClient.connect(kit)
         assert retry.hello(kit.client_token)["sessionId"].startswith("sess_")
     finally:
@@ -212,7 +206,7 @@ def test_bind_expose_without_a_permit_gets_bind_err_resource_exhausted(make_kit:
             socket.create_connection(("127.0.0.1", port), timeout=scaled_s(5)).close()
         # The session itself carries on.
         assert client.bind("PULL", target.port, req_id=2).type == BIND_OK
-        view = check_fd_invariant(tunnels_view(kit), 1)
+        view = check_fd_invariant(admin_get(kit, "/tunnels"), 1)
         assert view["fdPermitsAvailable"] == 0, view
         assert _session_view(view, session_id)["connectionsGranted"] == 1, view
     finally:
@@ -235,7 +229,7 @@ def test_a_pull_stream_without_a_permit_gets_rst_resource_exhausted(make_kit: Ma
         assert answer.type == RST, answer
         assert answer.code == RESOURCE_EXHAUSTED, (answer.code, answer.reason)
         assert target.accepted == 0, "the kit dialled the target without a permit"
-        view = check_fd_invariant(tunnels_view(kit), 1)
+        view = check_fd_invariant(admin_get(kit, "/tunnels"), 1)
         assert view["fdPermitsAvailable"] == 0, view
         assert _session_view(view, session_id)["connectionsGranted"] == 1, view
         # The session survives the refusal: the next stream is answered too (refused again).
@@ -261,7 +255,7 @@ def test_an_expose_listener_out_of_permits_stops_accepting_until_one_frees(make_
         first = connect_local(container_port)
         first.sendall(b"first")
         assert recv_exactly(first, 5) == b"first"
-        full = tunnels_view(kit)
+        full = admin_get(kit, "/tunnels")
 
         # The kernel completes the handshake (backlog), but the kit does not accept it yet.
         second = connect_local(container_port)
@@ -270,7 +264,7 @@ def test_an_expose_listener_out_of_permits_stops_accepting_until_one_frees(make_
         with pytest.raises(TimeoutError):
             second.recv(16)
         assert target.accepted == 1, "the kit accepted a connection without a permit"
-        waiting = tunnels_view(kit)
+        waiting = admin_get(kit, "/tunnels")
 
         first.shutdown(socket.SHUT_WR)
         assert first.recv(16) == b""
@@ -279,10 +273,10 @@ def test_an_expose_listener_out_of_permits_stops_accepting_until_one_frees(make_
         second.settimeout(scaled_s(10))
         assert recv_exactly(second, 6) == b"second"
         assert target.accepted == 2
-        for reply in (full, waiting):
-            body = check_fd_invariant(reply, 3)
+        for view in (full, waiting):
+            body = check_fd_invariant(view, 3)
             assert body["fdPermitsAvailable"] == 0, body
-        check_fd_invariant(tunnels_view(kit), 3)
+        check_fd_invariant(admin_get(kit, "/tunnels"), 3)
         assert client.process.poll() is None, client.output()
     finally:
         for sock in (first, second):

@@ -1,5 +1,5 @@
 """HTTP mode in one process: the kit (create_app under pywsgi with our handler), the real
-TunnelClient, and the real local target (tests/e2e/test_http_support.target_app under pywsgi with
+TunnelClient, and the real local target (tests/e2e/http_support.target_app under pywsgi with
 gevent-websocket), over loopback sockets. The tests see the kit's objects, so they can check what
 never reached the client's side, which streams exist, and the metrics.
 """
@@ -21,8 +21,8 @@ from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
-from tests.conftest import scaled_timeout_s
-from tests.e2e.test_http_support import (
+from tests.waiting import scaled_s, wait_until
+from tests.e2e.http_support import (
     HttpClient,
     pattern_chunks,
     pattern_sha256,
@@ -74,7 +74,7 @@ class Harness:
             err=io.StringIO(),
         )
         greenlet = gevent.spawn(client.run)
-        assert client.ready.wait(scaled_timeout_s(10)), client.err.getvalue()  # type: ignore[attr-defined]
+        assert client.ready.wait(scaled_s(10)), client.err.getvalue()  # type: ignore[attr-defined]
         self.clients.append((client, greenlet))
         return port
 
@@ -84,7 +84,7 @@ class Harness:
         return sessions[0]
 
     def http(self, port: int) -> HttpClient:
-        return HttpClient.connect(port, scaled_timeout_s(30), create=gsocket.create_connection)
+        return HttpClient.connect(port, scaled_s(30), create=gsocket.create_connection)
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.kit.metrics.registry.get_sample_value(name, labels)
@@ -127,21 +127,15 @@ def make_harness(tmp_path: Path) -> Iterator[MakeHarness]:
     for harness in harnesses:
         for client, greenlet in harness.clients:
             client.stop()
-            greenlet.join(timeout=scaled_timeout_s(10))
+            greenlet.join(timeout=scaled_s(10))
     for server in servers:
-        server.stop(timeout=scaled_timeout_s(5))
+        server.stop(timeout=scaled_s(5))
 
 
 @pytest.fixture
 def harness(make_harness: MakeHarness) -> Harness:
     return make_harness()
 
-
-def _wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = gevent.get_hub().loop.now() + scaled_timeout_s(timeout_s)
-    while not condition():
-        assert gevent.get_hub().loop.now() < deadline, f"timed out waiting for {what}"
-        gevent.sleep(0.01)
 
 
 def _streams(harness: Harness) -> int:
@@ -227,15 +221,10 @@ def test_chunked_bodies_both_ways_byte_exact(harness: Harness) -> None:
     client = harness.http(port)
     size = 8 * 1024 * 1024
     client.send_request("POST", "/echo", [("Transfer-Encoding", "chunked")])
-    received = hashlib.sha256()
-    count = [0]
+    received: dict[str, Any] = {}
 
     def read() -> None:
-        def take(data: bytes) -> None:
-            received.update(data)
-            count[0] += len(data)
-
-        reply = client.read_response(on_data=take)
+        reply, received["sha256"], received["size"] = client.read_response_hashed()
         assert reply.status == 200
         assert reply.headers.get("transfer-encoding") == "chunked"
 
@@ -243,9 +232,9 @@ def test_chunked_bodies_both_ways_byte_exact(harness: Harness) -> None:
     for piece in pattern_chunks(7, size, 100_003):
         client.send_body(piece)
     client.end_request()
-    reader.get(timeout=scaled_timeout_s(60))
-    assert count[0] == size
-    assert received.hexdigest() == pattern_sha256(7, size)
+    reader.get(timeout=scaled_s(60))
+    assert received["size"] == size
+    assert received["sha256"] == pattern_sha256(7, size)
     assert client.request("GET", "/headers").status == 200  # the connection is still good
     client.close()
 
@@ -263,18 +252,11 @@ def test_large_upload_and_download_byte_exact(harness: Harness, chunked: bool) -
     reply = client.read_response()
     assert reply.json() == {"size": size, "sha256": pattern_sha256(3, size)}
 
-    digest = hashlib.sha256()
-    count = [0]
-
-    def take(data: bytes) -> None:
-        digest.update(data)
-        count[0] += len(data)
-
     client.send_request("GET", f"/download?size={size}&seed=5&chunked={int(chunked)}")
     client.end_request()
-    reply = client.read_response(on_data=take)
-    assert reply.status == 200 and count[0] == size
-    assert digest.hexdigest() == pattern_sha256(5, size)
+    reply, sha256, received = client.read_response_hashed()
+    assert reply.status == 200 and received == size
+    assert sha256 == pattern_sha256(5, size)
     assert harness.metric("hoody_tunnel_http_bytes_total", direction="request") > size
     assert harness.metric("hoody_tunnel_http_bytes_total", direction="response") > size
     client.close()
@@ -292,7 +274,7 @@ def test_head_and_expect_100_continue(harness: Harness) -> None:
 
 def test_pipelined_requests_are_answered_in_order(harness: Harness) -> None:
     port = harness.start_client()
-    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     sock.sendall(b"".join(f"GET /headers?n={n} HTTP/1.1\r\nHost: p\r\n\r\n".encode() for n in range(3)))
     client = HttpClient(sock)
     queries = []
@@ -322,7 +304,7 @@ def test_target_closing_after_a_response_gets_a_new_stream_for_the_next(harness:
 
 def test_websocket_echo_through_the_binding(harness: Harness) -> None:
     port = harness.start_client()
-    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     ws_handshake(sock)
     for size in (5, 200, 70_000, 1_000_000):
         payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
@@ -370,7 +352,7 @@ def test_502_when_nothing_listens_on_the_target(harness: Harness) -> None:
 )
 def test_malformed_requests_get_400_and_never_reach_the_client_side(harness: Harness, raw: bytes, status: int) -> None:
     port = harness.start_client()
-    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     sock.sendall(raw)
     got, headers, body = read_raw_response(sock)
     assert got == status, body
@@ -394,7 +376,7 @@ def test_503_at_max_streams_instead_of_waiting(make_harness: MakeHarness) -> Non
     assert reply.headers["x-hoody-tunnel-error"] == "max_streams"
     client.close()
     holders[0].close()
-    _wait_for(lambda: _streams(harness) < 2, 10, "a stream slot to come back")
+    wait_until(lambda: _streams(harness) < 2, 10, "a stream slot to come back")
     client = harness.http(port)
     assert client.request("GET", "/headers").status == 200
     client.close()
@@ -414,7 +396,7 @@ def test_503_when_out_of_fd_permits(make_harness: MakeHarness) -> None:
     client.close()
     holder.close()
     accounting = harness.kit.fd_accounting()
-    _wait_for(lambda: harness.kit.fd_accounting().available == 1, 10, "the permit to come back")
+    wait_until(lambda: harness.kit.fd_accounting().available == 1, 10, "the permit to come back")
     assert accounting.available + accounting.granted == accounting.budget
 
 
@@ -424,7 +406,7 @@ def test_idle_keep_alive_connection_gives_its_stream_back(harness: Harness, monk
     client = harness.http(port)
     assert client.request("GET", "/headers").status == 200
     assert _streams(harness) == 1
-    _wait_for(lambda: _streams(harness) == 0, 10, "the idle stream to be released")
+    wait_until(lambda: _streams(harness) == 0, 10, "the idle stream to be released")
     assert client.request("GET", "/headers").status == 200  # a new stream for the same connection
     client.close()
 
@@ -438,7 +420,7 @@ def _cut_client_connection(harness: Harness) -> KitSession:
     assert client.runner is not None
     session = harness.session()
     client.runner.transport.abort()
-    _wait_for(lambda: not session.attached.is_set(), 10, "the session to be parked")
+    wait_until(lambda: not session.attached.is_set(), 10, "the session to be parked")
     return session
 
 
@@ -493,7 +475,7 @@ def test_metrics_and_one_access_log_line_per_request(harness: Harness, caplog: p
         return [line for r in caplog.records if r.name == "tunnel.http.access" for line in r.getMessage().split("\n")]
 
     with caplog.at_level(logging.INFO, logger="tunnel.http.access"):
-        _wait_for(lambda: len(access_lines()) == 2, 10, "two access-log lines")
+        wait_until(lambda: len(access_lines()) == 2, 10, "two access-log lines")
     lines = access_lines()
     assert len(lines) == 2, lines
     assert lines[0].startswith("http request: bind=") and "method=GET path=/headers status=200" in lines[0]
@@ -512,14 +494,14 @@ def test_connections_and_permits_are_released(harness: Harness) -> None:
         client = harness.http(port)
         assert client.request("GET", "/headers").status == 200
         client.close()
-    _wait_for(lambda: _streams(harness) == 0, 10, "streams to finish")
+    wait_until(lambda: _streams(harness) == 0, 10, "streams to finish")
     session = harness.session()
-    _wait_for(lambda: session.permits_held == 2, 10, "permits back to WebSocket + listener")
+    wait_until(lambda: session.permits_held == 2, 10, "permits back to WebSocket + listener")
 
 
 def test_http10_request_goes_on_as_http10_so_the_response_is_not_chunked(harness: Harness) -> None:
     port = harness.start_client()
-    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     sock.sendall(b"GET /download?size=100000&seed=1&chunked=1 HTTP/1.0\r\n\r\n")
     data = bytearray()
     while chunk := sock.recv(65536):
@@ -536,7 +518,7 @@ def test_session_ending_under_a_request_answers_503(harness: Harness) -> None:
     client = harness.http(port)
     client.send_request("GET", "/slow?s=30")
     client.end_request()
-    _wait_for(lambda: _streams(harness) == 1, 10, "the request to be forwarded")
+    wait_until(lambda: _streams(harness) == 1, 10, "the request to be forwarded")
     tunnel_client, _ = harness.clients[-1]
     assert tunnel_client.runner is not None
     tunnel_client.runner.transport.abort()

@@ -15,10 +15,11 @@ from gevent.event import Event
 from gevent.queue import Queue
 from gevent.server import StreamServer
 
-from tests.conftest import scaled_timeout_s
-from tests.e2e.test_http_support import read_raw_response, read_until_close
-from tests.integration.test_http_inprocess import Harness, _streams, _wait_for
+from tests.e2e.http_support import read_raw_response
+from tests.e2e.loopback import recv_until_eof
+from tests.integration.test_http_inprocess import Harness, _streams
 from tests.integration.test_http_inprocess import harness, make_harness  # noqa: F401 (fixtures)
+from tests.waiting import holds_for, scaled_s, wait_until
 
 Handler = Callable[[gsocket.socket], None]
 
@@ -35,7 +36,7 @@ def raw_target() -> Iterator[Callable[[Handler], int]]:
 
     yield start
     for server in servers:
-        server.stop(timeout=scaled_timeout_s(5))
+        server.stop(timeout=scaled_s(5))
 
 
 def _read_head(sock: gsocket.socket) -> tuple[bytes, bytes]:
@@ -69,21 +70,21 @@ def test_a_response_before_the_request_body_ends_is_relayed(harness: Harness, ra
         # A lingering close, as servers do: closing with unread bytes would be a TCP reset,
         # which can destroy the response before the tunnel client reads it.
         sock.shutdown(gsocket.SHUT_WR)
-        read_until_close(sock)
+        recv_until_eof(sock)
         sock.close()
 
     port = harness.start_client(target_port=raw_target(refuse_upload))
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     client.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 104857600\r\n\r\n" + b"x" * 65536)
     status, headers, body = read_raw_response(client)
     assert (status, body) == (413, b"too large"), headers
     assert "x-hoody-tunnel-error" not in headers  # the app's own answer, relayed
-    assert received.get(timeout=scaled_timeout_s(5)).startswith(b"POST /upload HTTP/1.1\r\n")
+    assert received.get(timeout=scaled_s(5)).startswith(b"POST /upload HTTP/1.1\r\n")
     # The rest of the body is not wanted: the kit closes the connection (after reading and
     # dropping what the client still sends), and gives the stream back.
-    assert read_until_close(client) == b""
+    assert recv_until_eof(client) == b""
     client.close()
-    _wait_for(lambda: _streams(harness) == 0, 10, "the stream to be given back")
+    wait_until(lambda: _streams(harness) == 0, 10, "the stream to be given back")
 
 
 def test_connect_becomes_a_byte_relay_after_its_2xx(harness: Harness, raw_target: Callable[[Handler], int]) -> None:
@@ -96,7 +97,7 @@ def test_connect_becomes_a_byte_relay_after_its_2xx(harness: Harness, raw_target
         sock.close()
 
     port = harness.start_client(target_port=raw_target(tunnel))
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     client.sendall(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\nfirst;")
     assert _read_until(client, b"FIRST;") == b"HTTP/1.1 200 Connection established\r\n\r\nFIRST;"
     for word in (b"ping", b"pong" * 10000):
@@ -123,7 +124,7 @@ def test_bytes_after_a_response_are_not_relayed_and_the_stream_is_not_reused(
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforged")
 
     port = harness.start_client(target_port=raw_target(chatty))
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     for _ in range(2):
         client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         status, _, body = read_raw_response(client)
@@ -149,17 +150,17 @@ def test_chunked_request_reaches_the_target_byte_exact_with_extensions_and_trail
             rest += sock.recv(65536)
         got.put((head, rest))
         sock.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
-        done.wait(scaled_timeout_s(10))
+        done.wait(scaled_s(10))
         sock.close()
 
     port = harness.start_client(target_port=raw_target(record))
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     client.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
     for piece in (body[:3], body[3:20], body[20:]):  # split inside a size line and inside data
         client.sendall(piece)
         gevent.idle()
     assert read_raw_response(client)[0] == 204
-    head, forwarded = got.get(timeout=scaled_timeout_s(10))
+    head, forwarded = got.get(timeout=scaled_s(10))
     done.set()
     assert b"\r\nTransfer-Encoding: chunked\r\n" in head and b"X-Forwarded-For: 127.0.0.1" in head
     assert forwarded == body
@@ -173,10 +174,10 @@ def test_a_response_to_head_has_no_body_even_with_content_length(harness: Harnes
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
         head, _ = _read_head(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
-        read_until_close(sock)
+        recv_until_eof(sock)
 
     port = harness.start_client(target_port=raw_target(head_then_get))
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     client.sendall(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")  # pipelined
     data = _read_until(client, b"abc")
     assert data == b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
@@ -201,7 +202,7 @@ def test_invalid_or_cut_responses(
         sock.close()
 
     port = harness.start_client(target_port=raw_target(answer))
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     if status is None:
         # The head went out, then the body turned out invalid or cut: the client must not take
@@ -216,7 +217,7 @@ def test_invalid_or_cut_responses(
         got, headers, _ = read_raw_response(client)
         assert (got, headers["x-hoody-tunnel-error"]) == (status, cause)
     client.close()
-    _wait_for(lambda: harness.metric("hoody_tunnel_http_error_responses_total", cause=cause) == 1, 10, "the metric")
+    wait_until(lambda: harness.metric("hoody_tunnel_http_error_responses_total", cause=cause) == 1, 10, "the metric")
 
 
 def test_a_client_that_leaves_while_waiting_gets_its_stream_reset(
@@ -227,21 +228,21 @@ def test_a_client_that_leaves_while_waiting_gets_its_stream_reset(
     def long_poll(sock: gsocket.socket) -> None:
         _read_head(sock)  # ... and never answer
         try:
-            read_until_close(sock)
+            recv_until_eof(sock)
         except OSError:
             pass  # a reset is an end too
         target_saw_the_end.set()
 
     port = harness.start_client(target_port=raw_target(long_poll))
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     client.sendall(b"GET /poll HTTP/1.1\r\nHost: a\r\n\r\n")
-    _wait_for(lambda: _streams(harness) == 1, 10, "the request to be forwarded")
+    wait_until(lambda: _streams(harness) == 1, 10, "the request to be forwarded")
     client.close()
     # Checked about once a second while the answer is awaited: the stream is reset, which closes
     # the local connection on the connected machine.
-    _wait_for(lambda: _streams(harness) == 0, 10, "the stream to be reset")
-    assert target_saw_the_end.wait(scaled_timeout_s(10))
-    _wait_for(lambda: harness.metric("hoody_tunnel_http_requests_total", method="GET", status_class="none") == 1, 10, "the record")
+    wait_until(lambda: _streams(harness) == 0, 10, "the stream to be reset")
+    assert target_saw_the_end.wait(scaled_s(10))
+    wait_until(lambda: harness.metric("hoody_tunnel_http_requests_total", method="GET", status_class="none") == 1, 10, "the record")
 
 
 def test_a_pipelined_request_is_not_taken_for_a_client_that_left(
@@ -251,23 +252,25 @@ def test_a_pipelined_request_is_not_taken_for_a_client_that_left(
 
     def slow(sock: gsocket.socket) -> None:
         _read_head(sock)
-        answer.wait(scaled_timeout_s(20))
+        answer.wait(scaled_s(20))
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
         _read_head(sock)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
-        read_until_close(sock)
+        recv_until_eof(sock)
 
     port = harness.start_client(target_port=raw_target(slow))
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(20))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(20))
     client.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
-    _wait_for(lambda: _streams(harness) == 1, 10, "the first request to be forwarded")
+    wait_until(lambda: _streams(harness) == 1, 10, "the first request to be forwarded")
     # Let the kit look at the client a few times (CLIENT_CHECK_S) while the second request
     # waits unread: the stream must live through all of them.
     session = harness.session()
-    deadline = gevent.get_hub().loop.now() + 2.5
-    while gevent.get_hub().loop.now() < deadline:
-        assert _streams(harness) == 1, "the stream was reset while the client was still there"
-        gevent.sleep(0.1)
+    holds_for(
+        lambda: _streams(harness) == 1,
+        2.5,
+        "one stream (it was reset while the client was still there)",
+        interval_s=0.1,
+    )
     answer.set()
     assert _read_until(client, b"next").endswith(b"slow" + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
     assert session.runner is not None
@@ -276,7 +279,7 @@ def test_a_pipelined_request_is_not_taken_for_a_client_that_left(
 
 def test_empty_lines_before_a_request_are_skipped_however_many(harness: Harness) -> None:
     port = harness.start_client()
-    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(10))
+    client = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(10))
     client.sendall(b"\r\n" * 20_000 + b"GET /headers HTTP/1.1\r\nHost: a\r\n\r\n")
     status, _, body = read_raw_response(client)
     assert status == 200 and b'"path": "/headers"' in body

@@ -28,6 +28,7 @@ import gevent.socket
 import gevent.ssl
 import pytest
 
+from tests.waiting import timeout_factor
 from tunnel.mux.ws_client import connect
 from tunnel.mux.transport import (
     ConnectionClosed,
@@ -51,7 +52,7 @@ from tunnel.server.handler import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-FACTOR = float(os.environ.get("TUNNEL_TEST_TIMEOUT_FACTOR", "") or 1.0)
+FACTOR = timeout_factor()
 WAIT_S = 10.0 * FACTOR
 MIB = 1024 * 1024
 SUPPORTED = ("hoody-tunnel.v2", "hoody-tunnel.v1")

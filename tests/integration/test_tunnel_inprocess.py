@@ -21,7 +21,7 @@ from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
-from tests.conftest import scaled_timeout_s
+from tests.waiting import scaled_s, wait_until
 from tunnel.app import create_app
 from tunnel.client.connector import ClientOptions, TunnelClient
 from tunnel.client.specs import parse_expose, parse_pull
@@ -84,7 +84,7 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     try:
         yield Harness(kit, f"ws://127.0.0.1:{server.server_port}", echo_port)
     finally:
-        server.stop(timeout=scaled_timeout_s(5))
+        server.stop(timeout=scaled_s(5))
         echo.close()
 
 
@@ -101,23 +101,17 @@ def _start_client(h: Harness, *, pulls: list[str] = (), exposes: list[str] = (),
         err=io.StringIO(),
     )
     greenlet = gevent.spawn(client.run)
-    ready = client.ready.wait(scaled_timeout_s(10))
+    ready = client.ready.wait(scaled_s(10))
     assert ready, f"client not ready: {client.err.getvalue()} {greenlet.value if greenlet.dead else ''}"  # type: ignore[attr-defined]
     return client, greenlet
 
 
 def _stop_client(client: TunnelClient, greenlet: gevent.Greenlet) -> int:
     client.stop()
-    code = greenlet.get(timeout=scaled_timeout_s(10))
+    code = greenlet.get(timeout=scaled_s(10))
     assert isinstance(code, int)
     return code
 
-
-def _wait_for(condition: object, timeout_s: float, what: str) -> None:
-    deadline = gevent.get_hub().loop.now() + scaled_timeout_s(timeout_s)
-    while not condition():  # type: ignore[operator]
-        assert gevent.get_hub().loop.now() < deadline, f"timed out waiting for {what}"
-        gevent.sleep(0.01)
 
 
 def _fd_invariant(kit: Kit) -> None:
@@ -127,7 +121,7 @@ def _fd_invariant(kit: Kit) -> None:
 
 def _transfer(port: int, payload: bytes) -> bytes:
     """Send payload to an echo target through the tunnel while reading the echo back."""
-    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_timeout_s(30))
+    sock = gsocket.create_connection(("127.0.0.1", port), timeout=scaled_s(30))
     received = bytearray()
 
     def reader() -> None:
@@ -137,7 +131,7 @@ def _transfer(port: int, payload: bytes) -> bytes:
     reading = gevent.spawn(reader)
     sock.sendall(payload)
     sock.shutdown(gsocket.SHUT_WR)
-    reading.get(timeout=scaled_timeout_s(60))
+    reading.get(timeout=scaled_s(60))
     sock.close()
     return bytes(received)
 
@@ -160,13 +154,13 @@ def test_pull_and_expose_echo_byte_exact_and_resources_released(harness: Harness
     payload = os.urandom(3 * 1024 * 1024 + 17)
     jobs = [gevent.spawn(_transfer, pull_port, payload), gevent.spawn(_transfer, container_port, payload)]
     for job in jobs:
-        assert hashlib.sha256(job.get(timeout=scaled_timeout_s(60))).digest() == hashlib.sha256(payload).digest()
+        assert hashlib.sha256(job.get(timeout=scaled_s(60))).digest() == hashlib.sha256(payload).digest()
     # Both streams finished: their sockets are closed and their permits are back.
-    _wait_for(lambda: kit_session.permits_held == 2 and not kit_session.runner.stream_count, 10, "streams to close")
+    wait_until(lambda: kit_session.permits_held == 2 and not kit_session.runner.stream_count, 10, "streams to close")
     assert kit_session.runner.statistics().active_streams == 0
     _fd_invariant(kit)
     assert _stop_client(client, greenlet) == 0
-    _wait_for(lambda: len(kit.registry) == 0, 10, "the session to end")
+    wait_until(lambda: len(kit.registry) == 0, 10, "the session to end")
     assert kit.registry.budget.available == kit.registry.budget.size
 
 
@@ -175,7 +169,7 @@ def test_many_concurrent_streams_each_byte_exact(harness: Harness) -> None:
     pull_port = client._pulls[0].spec.local_port
     payloads = [os.urandom(32 * 1024 + i) for i in range(60)]
     jobs = [gevent.spawn(_transfer, pull_port, payload) for payload in payloads]
-    gevent.joinall(jobs, timeout=scaled_timeout_s(60), raise_error=True)
+    gevent.joinall(jobs, timeout=scaled_s(60), raise_error=True)
     assert [job.value for job in jobs] == payloads
     _fd_invariant(harness.kit)
     assert _stop_client(client, greenlet) == 0
@@ -187,14 +181,14 @@ def test_pull_to_a_dead_port_resets_the_local_connection_and_frees_the_permit(ha
     dead_port = dead.getsockname()[1]
     dead.close()  # nothing listens there now
     client, greenlet = _start_client(harness, pulls=[f"0:{dead_port}"])
-    sock = gsocket.create_connection(("127.0.0.1", client._pulls[0].spec.local_port), timeout=scaled_timeout_s(10))
-    sock.settimeout(scaled_timeout_s(10))
+    sock = gsocket.create_connection(("127.0.0.1", client._pulls[0].spec.local_port), timeout=scaled_s(10))
+    sock.settimeout(scaled_s(10))
     with pytest.raises(ConnectionResetError):
         sock.sendall(b"x")
         assert sock.recv(10) == b""  # an orderly EOF would be wrong: the target is unreachable
         raise AssertionError("expected a reset")
     [kit_session] = list(harness.kit.registry)
-    _wait_for(lambda: kit_session.permits_held == 1, 10, "the stream permit to be released")
+    wait_until(lambda: kit_session.permits_held == 1, 10, "the stream permit to be released")
     _fd_invariant(harness.kit)
     assert _stop_client(client, greenlet) == 0
 
@@ -208,11 +202,11 @@ def test_v1_client_reconnects_as_a_new_session_and_serves_connections_made_meanw
     # Drop the WebSocket under the session (no GOAWAY): a network cut, seen from the kit.
     assert first.runner is not None
     first.runner.transport.abort()
-    _wait_for(lambda: first.session_id not in {s.session_id for s in kit.registry}, 10, "the old session to end")
+    wait_until(lambda: first.session_id not in {s.session_id for s in kit.registry}, 10, "the old session to end")
     # A local connection made now waits for the next session instead of being refused.
     during = gevent.spawn(_transfer, pull_port, b"made during the outage")
-    _wait_for(lambda: len(kit.registry) == 1, 20, "the client to reconnect")
-    assert during.get(timeout=scaled_timeout_s(20)) == b"made during the outage"
+    wait_until(lambda: len(kit.registry) == 1, 20, "the client to reconnect")
+    assert during.get(timeout=scaled_s(20)) == b"made during the outage"
     [second] = list(kit.registry)
     assert second.session_id != first.session_id
     assert "reconnected as " + second.session_id in client.out.getvalue()  # type: ignore[attr-defined]
@@ -242,17 +236,17 @@ def test_v2_cut_mid_transfer_resumes_the_same_session_byte_exact(harness: Harnes
     jobs = [gevent.spawn(_transfer, pull_port, payload) for payload in payloads]
     # Cut the WebSocket under the session twice while the transfers run.
     for _ in range(2):
-        _wait_for(lambda: session.runner.statistics().data_bytes_received > 0, 10, "traffic")
+        wait_until(lambda: session.runner.statistics().data_bytes_received > 0, 10, "traffic")
         assert session.runner is not None
         session.runner.transport.abort()
-        _wait_for(lambda: session.state.value == "orphaned" or "resumed" in client.err.getvalue(), 10, "parking")  # type: ignore[attr-defined]
-        _wait_for(lambda: session.state.value == "active", 20, "the resume")
-    results = [job.get(timeout=scaled_timeout_s(60)) for job in jobs]
+        wait_until(lambda: session.state.value == "orphaned" or "resumed" in client.err.getvalue(), 10, "parking")  # type: ignore[attr-defined]
+        wait_until(lambda: session.state.value == "active", 20, "the resume")
+    results = [job.get(timeout=scaled_s(60)) for job in jobs]
     assert [hashlib.sha256(r).digest() for r in results] == [hashlib.sha256(p).digest() for p in payloads]
     assert [s.session_id for s in kit.registry] == [session.session_id]  # the same session
     assert "resumed " + session.session_id in client.err.getvalue()  # type: ignore[attr-defined]
-    _wait_for(lambda: not session.runner.stream_count, 10, "streams to close")
+    wait_until(lambda: not session.runner.stream_count, 10, "streams to close")
     _fd_invariant(kit)
     assert _stop_client(client, greenlet) == 0
-    _wait_for(lambda: len(kit.registry) == 0, 10, "the session to end")
+    wait_until(lambda: len(kit.registry) == 0, 10, "the session to end")
     assert kit.registry.budget.available == kit.registry.budget.size

@@ -98,7 +98,9 @@ class ClientError(TunnelError):
         self.fatal = fatal  # no point retrying (a refused token)
 
 
-class Outcome(enum.Enum):
+class HandshakeOutcome(enum.Enum):
+    """How the wait for WELCOME (or for the answer to a resume) ended."""
+
     WELCOMED = "welcomed"
     GOAWAY = "goaway"
     ENDED = "ended"
@@ -138,7 +140,7 @@ class TunnelClient:
         self.protocol = ""
         self._pulls: list[_LocalPull] = []
         self._exposes: dict[int, ExposeSpec] = {}
-        self._handshake: AsyncResult[Outcome] = AsyncResult()
+        self._handshake: AsyncResult[HandshakeOutcome] = AsyncResult()
         self._binds: dict[int, AsyncResult[Event | None]] = {}
         self._goaway: GoAwayReceived | None = None
         self._stopping = False
@@ -231,12 +233,12 @@ class TunnelClient:
         end_greenlet = gevent.spawn(runner.run)
         resumed = False
         try:
-            end_greenlet.link(lambda _: self._handshake.set(Outcome.ENDED))
+            end_greenlet.link(lambda _: self._handshake.set(HandshakeOutcome.ENDED))
             try:
                 outcome = self._handshake.get(timeout=self.options.handshake_timeout_s)
             except gevent.Timeout:
                 raise ClientError("no answer to the resume within the handshake timeout") from None
-            if outcome is not Outcome.WELCOMED:
+            if outcome is not HandshakeOutcome.WELCOMED:
                 goaway = self._goaway
                 if goaway is not None and goaway.error_code == ErrorCode.AUTH_FAILED:
                     raise ClientError(f"the server refused the token ({goaway.reason})", EXIT_AUTH, fatal=True)
@@ -373,14 +375,14 @@ class TunnelClient:
         return runner
 
     def _wait_welcome(self, end_greenlet: Greenlet[..., ConnectionEnd]) -> None:
-        end_greenlet.link(lambda _: self._handshake.set(Outcome.ENDED))
+        end_greenlet.link(lambda _: self._handshake.set(HandshakeOutcome.ENDED))
         try:
             outcome = self._handshake.get(timeout=self.options.handshake_timeout_s)
         except gevent.Timeout:
             raise ClientError(
                 f"no answer to HELLO within {self.options.handshake_timeout_s:g} s"
             ) from None
-        if outcome is Outcome.WELCOMED:
+        if outcome is HandshakeOutcome.WELCOMED:
             return
         goaway = self._goaway
         if goaway is not None:
@@ -533,7 +535,7 @@ class TunnelClient:
     def event_received(self, event: Event) -> None:
         if isinstance(event, WelcomeReceived):
             self.session_id = event.welcome.session_id
-            self._handshake.set(Outcome.WELCOMED)
+            self._handshake.set(HandshakeOutcome.WELCOMED)
         elif isinstance(event, (BindAccepted, BindFailed)):
             req_id = event.result.req_id if isinstance(event, BindAccepted) else event.req_id
             result = self._binds.pop(req_id, None)
@@ -542,7 +544,7 @@ class TunnelClient:
         elif isinstance(event, GoAwayReceived):
             self._goaway = event
             self._serving.clear()  # no new streams on this session (docs/protocol.md §11)
-            self._handshake.set(Outcome.GOAWAY)
+            self._handshake.set(HandshakeOutcome.GOAWAY)
             if event.error_code == ErrorCode.ADMIN_CLOSE:
                 self._say(f"hoody-tunnel: {event.reason or 'closed by admin'}", err=True)
             elif self.ready.is_set():

@@ -8,7 +8,6 @@ returns. The wire format is described in docs/protocol.md.
 from __future__ import annotations
 
 from tunnel.protocol.config import DEFAULT_MAX_MESSAGE_SIZE, Role, SessionConfig
-from tunnel.protocol.core import SessionState
 from tunnel.protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -78,6 +77,7 @@ from tunnel.protocol.messages import (
 )
 from tunnel.protocol.payloads import DEFAULT_WINDOW_SIZE, MAX_WINDOW_SIZE, MIN_WINDOW_SIZE
 from tunnel.protocol.session import Session, SessionStatistics
+from tunnel.protocol.session_state import SessionState
 from tunnel.protocol.stream import StreamState
 
 __all__ = [

@@ -13,6 +13,9 @@ Exception tree (docs/architecture.md §5)::
     └── UpstreamError           server/: dialing or pumping the target failed
 
 ``ConfigError`` lives in :mod:`tunnel.config` (a subclass of :class:`TunnelError`).
+
+The session sends a code and a reason text in RST, GOAWAY and BIND_ERR: :func:`check_code` and
+:func:`truncate_text` (internal to the protocol core, not exported) make them fit the wire.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class ErrorCode(IntEnum):
 
 _KNOWN_CODES = frozenset(int(code) for code in ErrorCode)
 
+#: Longest reason text put in an RST, GOAWAY or BIND_ERR we send (bytes of UTF-8).
+MAX_REASON_SIZE = 1024
+
 
 def error_code_from_wire(value: int) -> ErrorCode | int:
     """Map a code received from the peer to :class:`ErrorCode` when it is a known one.
@@ -85,6 +91,30 @@ def code_name(code: int) -> str | None:
     if code in _KNOWN_CODES:
         return ErrorCode(code).name
     return None
+
+
+def truncate_text(text: str, max_size: int = MAX_REASON_SIZE) -> str:
+    """Make ``text`` sendable: lone surrogates become ``?`` and its UTF-8 encoding is cut to
+    ``max_size`` bytes (never mid-character).
+
+    Args:
+        text: any text.
+        max_size: the byte limit.
+
+    Returns:
+        ``text`` or its longest prefix that fits.
+    """
+    # "replace": text that quotes the peer may hold lone surrogates (JSON "\ud800" escapes).
+    encoded = text.encode("utf-8", errors="replace")
+    if len(encoded) <= max_size:
+        return encoded.decode()
+    return encoded[:max_size].decode("utf-8", errors="ignore")
+
+
+def check_code(code: int, what: str) -> None:
+    """Raise LocalProtocolError unless ``code`` fits the u16 error code field (internal)."""
+    if not isinstance(code, int) or not 0 <= code <= 0xFFFF:
+        raise LocalProtocolError(f"{what}: error code must be a u16, got {code!r}")
 
 
 class TunnelError(Exception):

@@ -14,8 +14,10 @@ peer did (``RECV_*``, from decoded frames). All allowed moves are listed in ``_T
 
     {(state, input): (side_effect | None, next_state)}
 
-The side effect names the event the Session emits for a received frame (``None`` for our own
-commands: the caller already knows). Any pair missing from the table is a protocol error: the
+The side effect names the event the Session emits for a received frame: the Session acts on
+what :meth:`Stream.process` returns (``Session._emit``), so this table, not the frame handlers,
+decides which event a received frame produces. Our own commands have no effect (``None``): the
+caller already knows. Any pair missing from the table is a protocol error: the
 stream moves to CLOSED and :meth:`StreamStateMachine.process` raises
 :class:`~tunnel.protocol.errors.LocalProtocolError` for a ``SEND_*`` input (a bug in the caller)
 or :class:`~tunnel.protocol.errors.RemoteProtocolError` for a ``RECV_*`` input (the Session turns
@@ -97,11 +99,11 @@ class StreamInput(Enum):
 
 
 class StreamEffect(Enum):
-    """The event a transition produces (the Session builds it)."""
+    """The event a transition produces: the Session emits it (``Session._emit``)."""
 
     OPENED = "opened"  # StreamOpened
     ACCEPTED = "accepted"  # StreamAccepted
-    DATA = "data"  # DataReceived
+    DATA = "data"  # DataReceived (if any payload: an empty DATA without FIN produces nothing)
     ENDED = "ended"  # DataReceived (if any payload), then StreamEnded
     WINDOW = "window"  # WindowUpdated
     RESET = "reset"  # StreamReset(remote=True)

@@ -10,12 +10,12 @@ import types
 from pathlib import Path
 
 import tunnel.protocol as package
-from tunnel.protocol import config, core, errors, events, flow, frames, messages, session, stream
+from tunnel.protocol import config, errors, events, flow, frames, messages, session, session_state, stream
 
 # Modules whose public names all belong in the package's __all__, and single names picked from
 # modules that are otherwise internal.
 EXPORTED_MODULES = [config, errors, events, flow, frames, messages, session]
-EXPORTED_NAMES = {"SessionState": core, "StreamState": stream}
+EXPORTED_NAMES = {"SessionState": session_state, "StreamState": stream}
 PROTOCOL_DIR = Path(package.__file__).parent
 # stdlib modules the sans-I/O core must never import (docs/architecture.md §3).
 FORBIDDEN = {"socket", "select", "selectors", "time", "random", "secrets", "os", "threading", "asyncio"}

@@ -323,7 +323,7 @@ def test_closed_stream_records_are_bounded_in_count_and_bytes() -> None:
         client.send_data(stream_id, chunk)
         client.reset_stream(stream_id, ErrorCode.NORMAL)  # closed, its replay bytes kept
         client.messages_to_send()
-    kept = [record.ledger for record in client._closed.values()]
+    kept = [record.ledger for record in client._streams.closed_records()]
     assert len(kept) <= MAX_CLOSED_RECORDS
     assert sum(ledger.replay_size for ledger in kept) <= MAX_CLOSED_REPLAY_SIZE
     assert len(kept) == MAX_CLOSED_REPLAY_SIZE // len(chunk)  # the newest are kept
@@ -409,8 +409,9 @@ def test_a_stream_the_peer_forgot_is_closed_locally_without_loss_of_the_session(
     server.accept_stream(stream_id)
     _carry(server, client)
     # The server forgets the stream entirely (as after a record was pushed out).
-    record = server._streams.pop(stream_id)
-    server._open_counts[record.opener] -= 1
+    record = server._streams.get(stream_id)
+    assert record is not None
+    server._streams.drop(record)
     _, client_events = _cut_and_resume(client, server)
     resets = [e for e in client_events if isinstance(e, StreamReset)]
     assert [(r.stream_id, r.error_code, r.remote) for r in resets] == [(stream_id, ErrorCode.STREAM_CLOSED, False)]

@@ -24,7 +24,7 @@ from tunnel.protocol import (
     encode_message,
 )
 
-from tunnel.protocol.core import truncate_text
+from tunnel.protocol.errors import truncate_text
 
 from .pair import SessionPair, frames_of
 from .strategies import frames as any_frame

@@ -1,4 +1,4 @@
-"""Support for the HTTP-mode tests (no tests here): a real local HTTP server and small clients.
+"""Support for the HTTP-mode tests (e2e and integration): a real local HTTP server and small clients.
 
 - :func:`target_app`: a WSGI app served by gevent's pywsgi with gevent-websocket's handler (the
   local target behind an ``--expose .../http``): ``/headers`` answers the request's headers as
@@ -6,7 +6,7 @@
   (Content-Length or chunked), ``/echo`` streams the body back chunked while reading it, ``/close``
   answers with ``Connection: close``, ``/slow?s=N`` answers after N seconds, ``/ws`` is a WebSocket
   echo. Nothing is buffered whole.
-- ``python -m tests.e2e.test_http_support FD``: serve it on an inherited listening socket
+- ``python -m tests.e2e.http_support FD``: serve it on an inherited listening socket
   (e2e tests start it as a subprocess, so the test process stays unpatched).
 - :class:`HttpClient`: one client connection driven by h11 (keep-alive, chunked, streaming);
   it works on stdlib sockets (e2e) and gevent sockets (integration) alike.
@@ -29,6 +29,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import h11
+
+from tests.e2e.loopback import recv_exactly, recv_until
+from tests.e2e.wire import ws_client_frame, ws_key, ws_upgrade_request
 
 BLOCK_SIZE = 1 << 20
 
@@ -215,6 +218,20 @@ class HttpClient:
             self.closed_by_server = True
         return Reply(response.status_code, headers, b"".join(parts), response.headers.raw_items())
 
+    def read_response_hashed(self) -> tuple[Reply, str, int]:
+        """Read one response, hashing its body as it streams in (nothing kept): returns the reply
+        (with an empty body), the body's sha256 and its size."""
+        digest = hashlib.sha256()
+        size = 0
+
+        def take(data: bytes) -> None:
+            nonlocal size
+            digest.update(data)
+            size += len(data)
+
+        reply = self.read_response(on_data=take)
+        return reply, digest.hexdigest(), size
+
     def request(self, method: str, target: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Reply:
         hdrs = list(headers or [])
         if body and not any(name.lower() in ("content-length", "transfer-encoding") for name, _ in hdrs):
@@ -251,31 +268,14 @@ def read_raw_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             return status, headers, bytes(body)
 
 
-def read_until_close(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while chunk := sock.recv(65536):
-        data += chunk
-    return bytes(data)
-
-
 # -- a minimal WebSocket client ---------------------------------------------------------------------
 
 
 def ws_handshake(sock: socket.socket, path: str = "/ws") -> bytes:
     """Send the upgrade; return the response head (raises unless it is a 101)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: tunnel.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        if not chunk:
-            raise AssertionError(f"closed during the WebSocket handshake: {head!r}")
-        head += chunk
+    key = ws_key()
+    sock.sendall(ws_upgrade_request(path, "tunnel.test", key))
+    head = recv_until(sock, b"\r\n\r\n", chunk_size=1)  # not a byte more: frames follow
     assert head.startswith(b"HTTP/1.1 101"), head
     accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
     assert accept in head, head
@@ -283,36 +283,17 @@ def ws_handshake(sock: socket.socket, path: str = "/ws") -> bytes:
 
 
 def ws_send(sock: socket.socket, payload: bytes, opcode: int = 0x2) -> None:
-    mask = os.urandom(4)
-    length = len(payload)
-    if length < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-    elif length < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    sock.sendall(head + mask + masked)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(data)} of {size} bytes")
-        data += chunk
-    return bytes(data)
+    sock.sendall(ws_client_frame(opcode, payload, os.urandom(4)))
 
 
 def ws_recv(sock: socket.socket) -> tuple[int, bytes]:
-    b0, b1 = _recv_exactly(sock, 2)
+    b0, b1 = recv_exactly(sock, 2)
     length = b1 & 0x7F
     if length == 126:
-        length = struct.unpack("!H", _recv_exactly(sock, 2))[0]
+        length = struct.unpack("!H", recv_exactly(sock, 2))[0]
     elif length == 127:
-        length = struct.unpack("!Q", _recv_exactly(sock, 8))[0]
-    return b0 & 0x0F, _recv_exactly(sock, length)
+        length = struct.unpack("!Q", recv_exactly(sock, 8))[0]
+    return b0 & 0x0F, recv_exactly(sock, length)
 
 
 if __name__ == "__main__":
