@@ -393,13 +393,18 @@ def test_under_a_runner_the_peer_receives_one_window_then_more_only_after_its_wi
         settle()
         assert peer.pending() == 0 and delegate.pumps[0].bytes_from_local == MIN_WINDOW_SIZE
 
+        # Grant half a window at a time (the smallest WINDOW the peer sends), so the kit's
+        # credit (8 KiB) is below its read size (16 KiB): only honouring the credit keeps it in.
+        half = MIN_WINDOW_SIZE // 2
         acked = 0
         while len(received) < len(payload):
-            # The peer's Session raises if the kit sends beyond the window: the peer enforces it.
-            peer.session.acknowledge_data(stream_id, len(received) - acked)
-            acked = len(received)
-            peer.send()
+            if len(received) - acked >= half:
+                peer.session.acknowledge_data(stream_id, half)
+                acked += half
+                peer.send()
+            # The peer's Session raises if the kit sends beyond the window: it enforces it.
             received += b"".join(bytes(f.data) for f in peer.receive() if isinstance(f, DataFrame))
+            assert len(received) - acked <= MIN_WINDOW_SIZE
         assert bytes(received) == payload
         sender.get(timeout=scaled_timeout_s(WAIT_S))
         assert not runner.ended
