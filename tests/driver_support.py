@@ -217,8 +217,11 @@ class FakeNetwork:
         self.addresses: dict[int, str] = {}
         self.targets: Queue[gsocket.socket] = Queue()
         self.dialed: list[tuple[str, int]] = []
+        self.refuse_listen: dict[int, Exception] = {}  # port -> what open_listener raises
 
     def open_listener(self, host: str, port: int) -> socket.socket:
+        if port in self.refuse_listen:
+            raise self.refuse_listen[port]
         listener = UnixListener(socket.AF_UNIX, socket.SOCK_STREAM)
         address = f"\0hoody-tunnel-test-{os.getpid()}-{next(_listener_names)}-{port}"
         listener.bind(address)
