@@ -368,6 +368,32 @@ def test_greenlets_of_a_superseded_run_neither_feed_the_session_nor_end_the_new_
     assert [e.kind for e in h.delegate.ends] == [EndKind.SUPERSEDED, EndKind.PEER_CLOSED]
 
 
+def test_a_hand_over_done_in_one_turn_wakes_the_new_runs_writer(make: Callable[..., Harness]) -> None:
+    """Kit._resume supersedes the old connection, resumes the session on the new one and runs
+    it, in one greenlet and without yielding. Run 1's writer, still waiting on the wake-up event
+    it shares with run 2's writer, must not consume the wake-up meant for run 2."""
+    h = make(park=True)
+    first_run = h.start()
+    b_client, b_kit = transport_pair()
+    peer_session = h.peer.session
+    peer_session.detach()
+    peer_session.send_resume("t", "c")
+    peer_session.messages_to_send()  # that HELLO.resume is what a Kit reads before handing over
+    h.clock.pause_timer()  # the timer flushes about once a second: it must not mask a lost wake-up
+
+    def hand_over() -> ConnectionEnd:
+        h.runner.supersede("resumed on another connection")
+        h.runner.resume(b_kit, make_welcome(h.session.config, resumed=True), peer_session.received_map())
+        return h.runner.run()
+
+    second_run = gevent.spawn(hand_over)
+    h.greenlets.append(second_run)
+    assert result_of(first_run).kind is EndKind.SUPERSEDED
+
+    welcome = WirePeer(b_client, peer_session).receive_frame(WelcomeFrame)
+    assert welcome.welcome.resumed and not h.runner.ended
+
+
 # -- a dying greenlet fails the session ------------------------------------------------------------
 
 

@@ -19,7 +19,8 @@ import pytest
 from tests.conftest import scaled_timeout_s
 from tests.driver_support import recv_exactly, recv_to_eof, wait_until
 from tests.unit.server.kit_harness import V1, KitHarness
-from tunnel.protocol import BindFailed, BindKind, ErrorCode, StreamReset, WelcomeReceived
+from tunnel.mux.runner import ConnectionEnd, EndKind
+from tunnel.protocol import BindFailed, BindKind, ErrorCode, GoAwayFrame, StreamReset, WelcomeReceived, decode_message
 from tunnel.server.kit import Kit
 from tunnel.server.kit_session import KitSessionState
 from tunnel.server.registry import FdBudget, PortInUse, Registry
@@ -229,6 +230,32 @@ def test_fd_invariant_while_a_resume_hands_the_new_connection_over(make: Make) -
     wait_until(lambda: c.session.state is KitSessionState.ACTIVE, "the resume")
     watch.step("resumed")
     assert _held(h) == [2] and h.kit.registry.budget.available == h.kit.registry.budget.size - 2
+    watch.done()
+
+
+def test_fd_invariant_when_a_resume_supersedes_a_connection_the_kit_still_holds(make: Make) -> None:
+    h, watch = make()
+    c = h.connect(park=True)
+    h.bind(c, BindKind.EXPOSE, 3100)
+    old_serve, old_kit_end = c.serve, c.kit_end
+    # The client's side of the connection dies without the kit noticing (a half-open TCP).
+    c.client_end.peer = None
+    c.peer.runner.end(ConnectionEnd(EndKind.DEAD, "client gave up on the connection"))
+    assert c.peer.runner.detached and c.session.state is KitSessionState.ACTIVE
+    watch.step("client detached, kit still attached")
+
+    h.resume(c)
+    c.peer.wait_for(WelcomeReceived)
+    old_serve.get(timeout=scaled_timeout_s(5))  # the old connection was superseded
+    watch.step("superseded and resumed")
+    assert any(
+        isinstance(f, GoAwayFrame) and f.error_code == ErrorCode.SUPERSEDED
+        for m in old_kit_end.sent
+        for f in decode_message(m, max_frame_size=1 << 20, version=2)
+    )
+    assert c.session.state is KitSessionState.ACTIVE
+    assert _held(h) == [2]  # the listener and the new WebSocket; the old one's permit is back
+    assert h.kit.registry.budget.available == h.kit.registry.budget.size - 2
     watch.done()
 
 
