@@ -130,7 +130,7 @@ class LocalSocket(gsocket.socket):
         self.send_blocked = Event()
         self._unblocked = Event()
 
-    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:  # type: ignore[override]
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
         self.options.append((level, option, value))
         if level == socket.IPPROTO_TCP:
             return
@@ -145,7 +145,7 @@ class LocalSocket(gsocket.socket):
         self.send_limit = None
         self._unblocked.set()
 
-    def send(self, data: Any, flags: int = 0) -> int:  # type: ignore[override]
+    def send(self, data: Any, flags: int = 0) -> int:
         view = memoryview(data).cast("B")
         while self.send_limit is not None and self.written >= self.send_limit:
             self.send_blocked.set()
@@ -156,7 +156,7 @@ class LocalSocket(gsocket.socket):
         self.written += sent
         return sent
 
-    def sendall(self, data: Any, flags: int = 0) -> None:  # type: ignore[override]
+    def sendall(self, data: Any, flags: int = 0) -> None:
         view = memoryview(data).cast("B")
         while view:
             sent = self.send(view, flags)
@@ -199,7 +199,7 @@ class UnixListener(gsocket.socket):
         super().__init__(*args, **kwargs)
         self.accepted = 0
 
-    def accept(self) -> tuple[LocalSocket, tuple[str, int]]:  # type: ignore[override]
+    def accept(self) -> tuple[LocalSocket, tuple[str, int]]:
         conn, _ = super().accept()
         self.accepted += 1
         return LocalSocket(fileno=conn.detach()), ("198.51.100.7", 40000 + self.accepted)

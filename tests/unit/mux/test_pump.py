@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
+from gevent import socket as gsocket
 from gevent.event import Event
 
 from tests.conftest import scaled_timeout_s
@@ -133,7 +134,9 @@ def cleanup() -> Iterator[list[object]]:
             assert not thing.violations, thing.violations
 
 
-def make_pump(cleanup: list[object], credit: int = 0, *, read_size: int = 64 * 1024):
+def make_pump(
+    cleanup: list[object], credit: int = 0, *, read_size: int = 64 * 1024
+) -> tuple[FakeOwner, StreamPump, Finished, LocalSocket, gsocket.socket]:
     owner = FakeOwner(credit)
     finished = Finished()
     pump = StreamPump(owner, STREAM, read_size=read_size, on_finished=finished)

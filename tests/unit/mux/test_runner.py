@@ -16,7 +16,7 @@ from gevent.queue import Queue
 
 from tests.conftest import scaled_timeout_s
 from tests.driver_support import FakeClock, LocalSocket, WirePeer, client_config, local_pair, settle, wait_until
-from tests.memory_transport import transport_pair
+from tests.memory_transport import MemoryTransport, transport_pair
 from tunnel.mux.pump import StreamPump
 from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
 from tunnel.mux.transport import CloseCode
@@ -110,6 +110,13 @@ class Harness:
         self.delegate.runner = self.runner
         self.peer = WirePeer(self.client_end, Session(client_config(window=window)))
         self.greenlets: list[gevent.Greenlet[..., ConnectionEnd]] = []
+        self.transports = [self.client_end, self.kit_end]
+
+    def second_pair(self) -> tuple[MemoryTransport, MemoryTransport]:
+        """Another connection (a resume), closed at teardown too."""
+        pair = transport_pair()
+        self.transports.extend(pair)
+        return pair
 
     def start(self, *, handshake: bool = True) -> gevent.Greenlet[..., ConnectionEnd]:
         greenlet = gevent.spawn(self.runner.run)
@@ -127,8 +134,8 @@ class Harness:
 
     def close(self) -> None:
         self.clock.resume_timer()
-        self.client_end.close()
-        self.kit_end.close()
+        for transport in self.transports:
+            transport.close()
         gevent.joinall(self.greenlets, timeout=scaled_timeout_s(WAIT_S))
         self.runner.stop()
 
@@ -327,7 +334,7 @@ def test_greenlets_of_a_superseded_run_neither_feed_the_session_nor_end_the_new_
     old_greenlets = list(h.runner._group)  # run 1's reader, writer and timer
     assert len(old_greenlets) == 3
     messages_before = h.runner.statistics().messages_received
-    b_client, b_kit = transport_pair()
+    b_client, b_kit = h.second_pair()
     peer_b_session = h.peer.session
     peer_b_session.detach()
     peer_b_session.send_resume("t", "c")
@@ -374,7 +381,7 @@ def test_a_hand_over_done_in_one_turn_wakes_the_new_runs_writer(make: Callable[.
     it shares with run 2's writer, must not consume the wake-up meant for run 2."""
     h = make(park=True)
     first_run = h.start()
-    b_client, b_kit = transport_pair()
+    b_client, b_kit = h.second_pair()
     peer_session = h.peer.session
     peer_session.detach()
     peer_session.send_resume("t", "c")
@@ -390,7 +397,7 @@ def test_a_hand_over_done_in_one_turn_wakes_the_new_runs_writer(make: Callable[.
     h.greenlets.append(second_run)
     assert result_of(first_run).kind is EndKind.SUPERSEDED
 
-    welcome = WirePeer(b_client, peer_session).receive_frame(WelcomeFrame)
+    welcome = WirePeer(b_client, peer_session).receive_frame(WelcomeFrame, timeout_s=2.0)
     assert welcome.welcome.resumed and not h.runner.ended
 
 
@@ -400,7 +407,7 @@ def test_a_hand_over_done_in_one_turn_wakes_the_new_runs_writer(make: Callable[.
 class ExplodingSocket(LocalSocket):
     """A local socket whose recv fails with something no pump expects (a bug, not an OSError)."""
 
-    def recv(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+    def recv(self, *args: object, **kwargs: object) -> bytes:
         raise RuntimeError("recv exploded")
 
 
@@ -422,7 +429,7 @@ def test_a_pump_dying_with_an_unexpected_exception_ends_the_run_with_internal_er
     end = result_of(run)
     assert end.kind is EndKind.INTERNAL_ERROR
     assert "recv exploded" in end.detail
-    assert h.kit_end.close_code_sent == CloseCode.INTERNAL_ERROR == 1011
+    assert h.kit_end.close_code_sent == 1011  # CloseCode.INTERNAL_ERROR
     closed = h.peer.wait_closed()
     assert closed.code == 1011
     assert [e.kind for e in h.delegate.ends] == [EndKind.INTERNAL_ERROR]

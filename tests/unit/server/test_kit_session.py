@@ -17,7 +17,7 @@ from gevent.socket import wait_read
 
 from tests.conftest import scaled_timeout_s
 from tests.driver_support import recv_exactly, recv_to_eof, settle, wait_until
-from tests.unit.server.kit_harness import V1, V2, Connection, KitHarness, is_closed
+from tests.unit.server.kit_harness import V1, Connection, KitHarness, is_closed
 from tunnel.config import PortRanges
 from tunnel.protocol import (
     BindAccepted,
@@ -32,7 +32,7 @@ from tunnel.protocol import (
     WelcomeReceived,
     decode_message,
 )
-from tunnel.server.kit_session import KitSessionState
+from tunnel.server.kit_session import KitSession, KitSessionState
 
 Make = Callable[..., KitHarness]
 
@@ -49,6 +49,10 @@ def make(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Make]:
     yield factory
     for harness in made:
         harness.close()
+
+
+def state_of(session: KitSession) -> KitSessionState:
+    return session.state
 
 
 def _stream_ended(sock: socket.socket) -> bool:
@@ -330,7 +334,7 @@ def test_an_admin_killed_session_is_not_parked_when_its_connection_drops_during_
     assert h.kit.kill_session(session.session_id, grace_s=30.0) is session
     goaway = c.peer.wait_for(GoAwayReceived)
     assert (goaway.error_code, goaway.reason) == (ErrorCode.ADMIN_CLOSE, "closed by admin")
-    assert session.admin_killed and session.state is KitSessionState.CLOSING
+    assert session.admin_killed and state_of(session) is KitSessionState.CLOSING
     assert is_closed(h.net.listeners[3100])  # listeners stop at once
     assert session.permits_held == 2  # WebSocket and the draining stream
     h.check_invariant()
