@@ -28,6 +28,7 @@ from tunnel.protocol import (
     GoAwayFrame,
     GoAwayReceived,
     StreamReset,
+    UnbindReceived,
     UpstreamError,
     WelcomeReceived,
     decode_message,
@@ -157,6 +158,35 @@ def test_a_refused_listen_gives_back_the_permit_and_the_port(make: Make) -> None
     assert (answer.error_code, answer.error) == (ErrorCode.PORT_IN_USE, "port 3100: address already in use on 127.0.0.1")
     assert c.session.permits_held == 1
     assert h.kit.registry.port_owner(3100) is None
+    h.check_invariant()
+
+
+def test_unbind_closes_the_listener_and_gives_back_its_permit_and_port(make: Make) -> None:
+    h = make()
+    c = h.connect()
+    bind_id = h.bind(c, BindKind.EXPOSE, 3100)
+    assert c.session.permits_held == 2
+    c.peer.session.send_unbind(bind_id)  # the runner has no UNBIND command: the CLI never sends it
+    c.peer.runner.flush()
+    echo = c.peer.wait_for(UnbindReceived)
+    assert echo.bind_id == bind_id
+    assert is_closed(h.net.listeners[3100])
+    assert c.session.bindings == {} and c.session.permits_held == 1
+    assert h.kit.registry.port_owner(3100) is None
+    h.check_invariant()
+
+
+def test_an_expose_stream_the_client_refuses_gives_its_permit_back(make: Make) -> None:
+    h = make()
+    c = h.connect()
+    h.bind(c, BindKind.EXPOSE, 3100)
+    outside = h.outside_client(3100)
+    event, pump = c.peer.next_opened()
+    h.wait_permits(c.session, 3, "the accepted connection's permit")
+    c.peer.runner.reset_stream(event.stream_id, ErrorCode.CONNECT_FAILED, "127.0.0.1:3000: connection refused")
+    pump.reset(ErrorCode.CONNECT_FAILED, "127.0.0.1:3000: connection refused")
+    h.wait_permits(c.session, 2, "the refused stream's permit to come back")
+    assert _stream_ended(outside)  # the outside client is cut off
     h.check_invariant()
 
 
