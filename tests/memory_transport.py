@@ -5,6 +5,12 @@ queues, with the Transport's semantics: ``close`` is idempotent and tells the ot
 close code, ``abort`` drops without one, a closed end's ``receive_message`` and ``send_messages``
 raise :class:`~tunnel.mux.transport.ConnectionClosed`. No socket, no WebSocket framing: what the
 runner, the pumps and the kit's session do on top of it is what these tests look at.
+
+Stalling: :meth:`MemoryTransport.hold` makes ``send_messages`` block (as a real send blocks on a
+full socket buffer) until :meth:`MemoryTransport.release`; ``send_blocked`` tells a test that a
+writer is waiting there. A send still waiting when its end is closed fails with
+ConnectionClosed, as a real write on a closed socket does. ``stalled`` instead makes every send
+fail at once with SendTimeout (a peer that never reads, after the send timeout).
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ class MemoryTransport:
         self.aborted = False
         self._close_code_received: int | None = None
         self.stalled = False  # while True, send_messages raises SendTimeout (a peer that never reads)
+        self._gate = Event()  # cleared by hold(): sends wait until release()
+        self._gate.set()
+        self.send_blocked = Event()  # set while a send waits at the held gate
 
     # -- Transport ----------------------------------------------------------------------------
 
@@ -71,6 +80,12 @@ class MemoryTransport:
             raise ConnectionClosed(None, "closed locally")
         if self.stalled:
             raise SendTimeout(0.0)
+        while not self._gate.is_set():
+            self.send_blocked.set()
+            self._gate.wait()
+            self.send_blocked.clear()
+            if self.closed.is_set():
+                raise ConnectionClosed(None, "closed locally while sending")
         for message in messages:
             self.sent.append(bytes(message))
             if self.peer is not None and not self.peer.closed.is_set():
@@ -81,6 +96,7 @@ class MemoryTransport:
             return
         self.close_code_sent = code
         self.closed.set()
+        self._gate.set()  # a send waiting at the gate fails now (closed)
         if self.peer is not None:
             self.peer.inbox.put(_Closed(code, reason))
 
@@ -89,10 +105,19 @@ class MemoryTransport:
             return
         self.aborted = True
         self.closed.set()
+        self._gate.set()
         if self.peer is not None:
             self.peer.inbox.put(_Closed(None, "connection reset"))
 
     # -- for tests -------------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """From now on ``send_messages`` blocks (a full send buffer) until :meth:`release`."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        """Let held and later sends through."""
+        self._gate.set()
 
     def inject(self, message: bytes) -> None:
         """Deliver ``message`` to this end as if its peer sent it."""
