@@ -32,7 +32,7 @@ from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.queue import Empty, Queue
 
-from tests.conftest import scaled_timeout_s
+from tests.waiting import scaled_s
 from tests.memory_transport import MemoryTransport
 from tunnel.mux.pump import StreamPump
 from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
@@ -58,15 +58,6 @@ from tunnel.protocol import (
 TOKEN = "driver-test-token-0123456789"
 LINGER_ABORT = struct.pack("ii", 1, 0)
 E = TypeVar("E", bound=ProtocolEvent)
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 5.0) -> None:
-    """Poll ``condition`` (yielding to other greenlets) until it is true or the deadline passes."""
-    deadline = gevent.get_hub().loop.now() + scaled_timeout_s(timeout_s)
-    while not condition():
-        if gevent.get_hub().loop.now() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gevent.sleep(0.001)
 
 
 def settle(rounds: int = 50) -> None:
@@ -172,7 +163,7 @@ def local_pair() -> tuple[LocalSocket, gsocket.socket]:
 def recv_exactly(sock: gsocket.socket, size: int, timeout_s: float = 5.0) -> bytes:
     """Read ``size`` bytes (fails on EOF or timeout)."""
     data = bytearray()
-    with gevent.Timeout(scaled_timeout_s(timeout_s)):
+    with gevent.Timeout(scaled_s(timeout_s)):
         while len(data) < size:
             chunk = sock.recv(size - len(data))
             assert chunk, f"EOF after {len(data)} of {size} bytes"
@@ -182,7 +173,7 @@ def recv_exactly(sock: gsocket.socket, size: int, timeout_s: float = 5.0) -> byt
 
 def recv_to_eof(sock: gsocket.socket, timeout_s: float = 5.0) -> bytes:
     data = bytearray()
-    with gevent.Timeout(scaled_timeout_s(timeout_s)):
+    with gevent.Timeout(scaled_s(timeout_s)):
         while chunk := sock.recv(65536):
             data += chunk
     return bytes(data)
@@ -243,7 +234,7 @@ class FakeNetwork:
         return client
 
     def next_target(self, timeout_s: float = 5.0) -> gsocket.socket:
-        return self.targets.get(timeout=scaled_timeout_s(timeout_s))
+        return self.targets.get(timeout=scaled_s(timeout_s))
 
 
 # -- peers ---------------------------------------------------------------------------------------
@@ -279,7 +270,7 @@ class WirePeer:
 
     def receive(self, timeout_s: float = 5.0) -> list[Frame]:
         """Read one message; the client session processes it. Returns its frames."""
-        with gevent.Timeout(scaled_timeout_s(timeout_s), AssertionError("no message arrived")):
+        with gevent.Timeout(scaled_s(timeout_s), AssertionError("no message arrived")):
             message = self.transport.receive_message()
         frames = decode_message(message, max_frame_size=MAX_FRAME_SIZE_LIMIT, version=self.session.version)
         self.frames.extend(frames)
@@ -364,7 +355,7 @@ class ClientPeer:
 
     def wait_for(self, event_type: type[E], timeout_s: float = 5.0) -> E:
         """The next event of ``event_type`` (others are skipped; all stay in ``seen``)."""
-        deadline = gevent.get_hub().loop.now() + scaled_timeout_s(timeout_s)
+        deadline = gevent.get_hub().loop.now() + scaled_s(timeout_s)
         while True:
             remaining = deadline - gevent.get_hub().loop.now()
             try:
@@ -386,12 +377,12 @@ class ClientPeer:
                 return answer
 
     def next_opened(self, timeout_s: float = 5.0) -> tuple[StreamOpened, StreamPump]:
-        return self.opened.get(timeout=scaled_timeout_s(timeout_s))
+        return self.opened.get(timeout=scaled_s(timeout_s))
 
     def stop(self) -> None:
         """Tear down (test cleanup): close the connection and every stream."""
         self.transport.close()
         if self.greenlet is not None:
-            self.greenlet.join(timeout=scaled_timeout_s(5))
+            self.greenlet.join(timeout=scaled_s(5))
             self.greenlet.kill()
         self.runner.stop()

@@ -397,9 +397,11 @@ class SessionRunner:
         idle = self._writer_idle
         while True:
             wake.wait()
-            wake.clear()
             if self._run_id != run_id:
+                # A superseded run's writer leaves the wake-up to the current run's writer, which
+                # shares the event: clearing it here would hold the new run's frames back.
                 return
+            wake.clear()
             while session.has_data_to_send():
                 messages = session.messages_to_send(WRITE_BATCH_SIZE)
                 try:

@@ -176,10 +176,12 @@ class Kit:
                 if target is None:
                     end = self._refuse_resume(transport, request.session_id)
                 else:
+                    # The WebSocket's permit moves to the target first: release_all() yields, and
+                    # an observer meanwhile must see the permit counted (docs/protocol.md §12).
+                    kit_session.permits_held -= 1
+                    target.permits_held += 1
                     self.registry.remove(kit_session)
                     kit_session.release_all()
-                    kit_session.permits_held -= 1  # the WebSocket's permit moves to the target
-                    target.permits_held += 1
                     current = target
                     end = self._resume(target, transport, request, peer_address)
             if end.error_code != ErrorCode.RESUME_FAILED:  # a refusal: counted already

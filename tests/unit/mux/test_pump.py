@@ -15,7 +15,7 @@ import pytest
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from tests.conftest import scaled_timeout_s
+from tests.waiting import scaled_s, wait_until
 from tests.driver_support import (
     LocalSocket,
     WirePeer,
@@ -24,7 +24,6 @@ from tests.driver_support import (
     recv_exactly,
     recv_to_eof,
     settle,
-    wait_until,
 )
 from tests.memory_transport import transport_pair
 from tunnel.mux.pump import StreamPump
@@ -147,7 +146,7 @@ def make_pump(
 
 
 def wait(event: Event, what: str) -> None:
-    assert event.wait(scaled_timeout_s(WAIT_S)), f"timed out waiting for {what}"
+    assert event.wait(scaled_s(WAIT_S)), f"timed out waiting for {what}"
 
 
 # -- credit ----------------------------------------------------------------------------------------
@@ -166,9 +165,9 @@ def test_the_pump_never_sends_more_than_its_credit_and_waits_for_window(cleanup:
     assert len(owner.data) == 1000  # without a WINDOW nothing more moves
 
     owner.grant(pump, 2500)
-    wait_until(lambda: owner.starved.is_set() and len(owner.data) == 3500, "the second window to be used")
+    wait_until(lambda: owner.starved.is_set() and len(owner.data) == 3500, 5.0, "the second window to be used")
     owner.grant(pump, 1 << 20)
-    wait_until(lambda: len(owner.data) == len(payload), "the rest")
+    wait_until(lambda: len(owner.data) == len(payload), 5.0, "the rest")
     assert owner.data == payload
     assert not owner.violations
     assert not any(fin for _, fin in owner.sent)  # no local EOF yet
@@ -202,7 +201,7 @@ def test_data_is_acknowledged_only_once_written_to_the_local_socket(cleanup: lis
     assert owner.acks == [(600, False)]
 
     local.unblock()
-    wait_until(lambda: owner.acked == 1800, "every chunk to be acknowledged")
+    wait_until(lambda: owner.acked == 1800, 5.0, "every chunk to be acknowledged")
     assert recv_exactly(app, 1800) == b"".join(chunks)
     assert owner.acks[-1] == (600, True)  # the last acknowledgement says the queue is drained
     assert not owner.violations  # at no acknowledgement did acked exceed written
@@ -216,7 +215,7 @@ def test_data_that_arrives_before_connect_is_held_and_written_in_order(cleanup: 
     assert owner.acks == []  # nothing written yet, nothing acknowledged
     pump.connect(local)
     assert recv_exactly(app, 10) == b"early data"
-    wait_until(lambda: owner.acked == 10, "the acknowledgements")
+    wait_until(lambda: owner.acked == 10, 5.0, "the acknowledgements")
 
 
 # -- EOF both ways ---------------------------------------------------------------------------------
@@ -228,7 +227,7 @@ def test_local_eof_becomes_fin_and_the_other_direction_keeps_flowing(cleanup: li
     app.sendall(b"request")
     app.shutdown(socket.SHUT_WR)
 
-    wait_until(lambda: owner.sent and owner.sent[-1][1], "the FIN")
+    wait_until(lambda: owner.sent and owner.sent[-1][1], 5.0, "the FIN")
     assert owner.data == b"request"
     assert owner.sent[-1] == (b"", True)  # an empty DATA with FIN
     assert not pump.finished  # half closed: the peer may still send
@@ -253,7 +252,7 @@ def test_peer_fin_shuts_down_the_local_write_side_only(cleanup: list[object]) ->
     assert (socket.SOL_SOCKET, socket.SO_LINGER) not in [(lv, opt) for lv, opt, _ in local.options]
     assert not pump.finished
     app.sendall(b"still talking")  # our read side is open
-    wait_until(lambda: owner.data == b"still talking", "the upstream bytes")
+    wait_until(lambda: owner.data == b"still talking", 5.0, "the upstream bytes")
     app.shutdown(socket.SHUT_WR)
     wait(finished.event, "the stream to finish")
     assert finished.calls == [pump]
@@ -276,7 +275,7 @@ def test_reset_records_code_and_reason_and_aborts_the_local_socket(cleanup: list
     assert pump.reset_reason == "127.0.0.1:5432: connection refused"
     assert local.aborted  # SO_LINGER (on, 0): closing sends RST on a TCP connection
     assert local.fileno() == -1
-    with pytest.raises(ConnectionResetError), gevent.Timeout(scaled_timeout_s(WAIT_S)):
+    with pytest.raises(ConnectionResetError), gevent.Timeout(scaled_s(WAIT_S)):
         app.recv(100)  # the local app sees the connection reset, not an orderly EOF
     assert finished.calls == [pump]
     settle()
@@ -392,7 +391,7 @@ def test_under_a_runner_the_peer_receives_one_window_then_more_only_after_its_wi
         while len(received) < MIN_WINDOW_SIZE:
             received += b"".join(bytes(f.data) for f in peer.receive() if isinstance(f, DataFrame))
         assert len(received) == MIN_WINDOW_SIZE  # exactly one window, not a byte more
-        wait_until(lambda: runner.outbound_credit(stream_id) == 0, "the credit to be used up")
+        wait_until(lambda: runner.outbound_credit(stream_id) == 0, 5.0, "the credit to be used up")
         settle()
         assert peer.pending() == 0 and delegate.pumps[0].bytes_from_local == MIN_WINDOW_SIZE
 
@@ -409,11 +408,11 @@ def test_under_a_runner_the_peer_receives_one_window_then_more_only_after_its_wi
             received += b"".join(bytes(f.data) for f in peer.receive() if isinstance(f, DataFrame))
             assert len(received) - acked <= MIN_WINDOW_SIZE
         assert bytes(received) == payload
-        sender.get(timeout=scaled_timeout_s(WAIT_S))
+        sender.get(timeout=scaled_s(WAIT_S))
         assert not runner.ended
     finally:
         client_end.close()
-        end = run.get(timeout=scaled_timeout_s(WAIT_S))
+        end = run.get(timeout=scaled_s(WAIT_S))
         assert end.kind is EndKind.PEER_CLOSED  # not INTERNAL_ERROR: no pump greenlet failed
         runner.stop()
 

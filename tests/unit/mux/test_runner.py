@@ -14,8 +14,8 @@ import gevent
 import pytest
 from gevent.queue import Queue
 
-from tests.conftest import scaled_timeout_s
-from tests.driver_support import FakeClock, LocalSocket, WirePeer, client_config, local_pair, settle, wait_until
+from tests.waiting import scaled_s, wait_until
+from tests.driver_support import FakeClock, LocalSocket, WirePeer, client_config, local_pair, settle
 from tests.memory_transport import MemoryTransport, transport_pair
 from tunnel.mux.pump import StreamPump
 from tunnel.mux.runner import ConnectionEnd, EndKind, SessionRunner
@@ -128,7 +128,7 @@ class Harness:
     def open_from_peer(self, bind_id: int = 7) -> tuple[int, StreamPump]:
         stream_id = self.peer.session.open_stream(bind_id, "10.0.0.1:5555")
         self.peer.send()
-        event, pump = self.delegate.opened.get(timeout=scaled_timeout_s(WAIT_S))
+        event, pump = self.delegate.opened.get(timeout=scaled_s(WAIT_S))
         assert event.stream_id == stream_id
         return stream_id, pump
 
@@ -136,7 +136,7 @@ class Harness:
         self.clock.resume_timer()
         for transport in self.transports:
             transport.close()
-        gevent.joinall(self.greenlets, timeout=scaled_timeout_s(WAIT_S))
+        gevent.joinall(self.greenlets, timeout=scaled_s(WAIT_S))
         self.runner.stop()
 
 
@@ -159,7 +159,7 @@ def make(harnesses: list[Harness]) -> Callable[..., Harness]:
 
 
 def result_of(greenlet: gevent.Greenlet[..., ConnectionEnd]) -> ConnectionEnd:
-    end = greenlet.get(timeout=scaled_timeout_s(WAIT_S))
+    end = greenlet.get(timeout=scaled_s(WAIT_S))
     assert isinstance(end, ConnectionEnd)
     return end
 
@@ -178,7 +178,7 @@ def test_control_frames_queued_while_bulk_data_waits_overtake_it_and_data_stays_
 
     h.kit_end.hold()  # the wire is full: the writer blocks on its first batch of DATA
     h.runner.send_data(stream_id, payload)
-    assert h.kit_end.send_blocked.wait(scaled_timeout_s(WAIT_S)), "the writer never started sending"
+    assert h.kit_end.send_blocked.wait(scaled_s(WAIT_S)), "the writer never started sending"
     # Control frames queued while the bulk data waits.
     h.runner.send_bind_error(41, ErrorCode.FORBIDDEN, "first")
     h.runner.accept_stream(second_id)
@@ -284,7 +284,7 @@ def _bind_request() -> BindRequest:
 
 
 def _wait(condition: Callable[[], object], what: str) -> None:
-    wait_until(condition, what, WAIT_S)
+    wait_until(condition, WAIT_S, what)
 
 
 def _wait_for_event(h: Harness, event_type: type) -> None:
@@ -313,7 +313,7 @@ def test_every_command_wakes_the_writer_by_itself(make: Callable[..., Harness], 
     if not welcome_by_test:
         h.peer.receive_frame(WelcomeFrame)
     # Nothing is queued and the writer is idle before the command.
-    assert h.runner.wait_flushed(scaled_timeout_s(WAIT_S))
+    assert h.runner.wait_flushed(scaled_s(WAIT_S))
     expected = COMMANDS[command](h)  # pauses the timer, then runs the command
     # From here the timer loop is frozen and the peer sends nothing: only the command itself
     # can have woken the writer.
@@ -353,7 +353,7 @@ def test_greenlets_of_a_superseded_run_neither_feed_the_session_nor_end_the_new_
 
     first = result_of(first_run)
     assert first.kind is EndKind.SUPERSEDED and first.parked
-    gevent.joinall(old_greenlets, timeout=scaled_timeout_s(WAIT_S))
+    gevent.joinall(old_greenlets, timeout=scaled_s(WAIT_S))
     assert all(g.dead for g in old_greenlets)
 
     # The new connection got the resumed WELCOME (not swallowed by run 1's writer).
@@ -458,7 +458,7 @@ def test_heartbeat_pings_on_the_fake_clock_and_three_silent_intervals_end_the_ru
     def timer_ran_at_current_time() -> None:
         # The timer calls the clock twice per round: 4 more calls = a whole round at this time.
         target = h.clock.calls + 4
-        wait_until(lambda: h.clock.calls >= target, "the timer to run", WAIT_S)
+        wait_until(lambda: h.clock.calls >= target, WAIT_S, "the timer to run")
 
     timer_ran_at_current_time()
     assert h.peer.pending() == 0  # no time passed on the clock: no PING, however long we wait

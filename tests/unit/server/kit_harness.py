@@ -15,8 +15,8 @@ import pytest
 from gevent import socket as gsocket
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import scaled_timeout_s
-from tests.driver_support import ClientPeer, FakeNetwork, LocalSocket, local_pair, wait_until
+from tests.waiting import scaled_s, wait_until
+from tests.driver_support import ClientPeer, FakeNetwork, LocalSocket, local_pair
 from tests.memory_transport import MemoryTransport, transport_pair
 from tunnel.config import Settings
 from tunnel.metrics import Metrics
@@ -47,7 +47,7 @@ class Connection:
     def cut(self) -> None:
         """The WebSocket drops under both ends (no close frame, no GOAWAY): a network cut."""
         self.client_end.abort()
-        self.serve.join(timeout=scaled_timeout_s(WAIT_S))
+        self.serve.join(timeout=scaled_s(WAIT_S))
         assert self.serve.dead, "Kit.serve did not return after the cut"
         self.serve.get()  # re-raise what it raised, if anything
 
@@ -152,7 +152,7 @@ class KitHarness:
         return 0.0 if value is None else value
 
     def wait_permits(self, session: KitSession, held: int, what: str) -> None:
-        wait_until(lambda: session.permits_held == held, f"{what} (permits_held {session.permits_held}, want {held})")
+        wait_until(lambda: session.permits_held == held, 5.0, f"{what} (permits_held {session.permits_held}, want {held})")
 
     # -- teardown ------------------------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class KitHarness:
         for connection in self.connections:
             connection.peer.stop()
         for connection in self.connections:
-            connection.serve.join(timeout=scaled_timeout_s(WAIT_S))
+            connection.serve.join(timeout=scaled_s(WAIT_S))
         for session in list(self.kit.registry):
             session.release_all()
             if session.permits_held:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from gevent.socket import wait_read
 
-from tests.conftest import scaled_timeout_s
-from tests.driver_support import recv_exactly, recv_to_eof, settle, wait_until
+from tests.waiting import scaled_s, wait_until
+from tests.driver_support import recv_exactly, recv_to_eof, settle
 from tests.unit.server.kit_harness import V1, Connection, KitHarness, is_closed
 from tunnel.config import PortRanges
 from tunnel.protocol import (
@@ -250,7 +250,7 @@ def test_without_a_permit_left_binds_streams_and_sessions_are_refused_resource_e
     h.check_invariant()
 
     client_end, serve = h.serve()
-    serve.get(timeout=scaled_timeout_s(5))  # refused before reading anything
+    serve.get(timeout=scaled_s(5))  # refused before reading anything
     goaway = decode_message(client_end.receive_message(), max_frame_size=1 << 20, version=2)
     assert goaway == [GoAwayFrame(ErrorCode.RESOURCE_EXHAUSTED, "no file descriptor permit left")]
     assert client_end.peer is not None and client_end.peer.close_code_sent == 1013
@@ -293,7 +293,7 @@ def test_a_v2_session_cut_without_goaway_is_parked_and_its_accept_loops_pause_un
 
     # Someone connects to the exposed port while the session is parked: nothing accepts it.
     outside = h.outside_client(3100)
-    wait_read(listener.fileno(), timeout=scaled_timeout_s(5))  # the connection waits in the backlog
+    wait_read(listener.fileno(), timeout=scaled_s(5))  # the connection waits in the backlog
     settle()
     assert listener.accepted == 0
     assert session.permits_held == 2 and session.runner.stream_count == 1
@@ -302,7 +302,7 @@ def test_a_v2_session_cut_without_goaway_is_parked_and_its_accept_loops_pause_un
     h.resume(c)
     welcome = c.peer.wait_for(WelcomeReceived)
     assert welcome.welcome.resumed and welcome.welcome.session_id == session.session_id
-    wait_until(lambda: session.state is KitSessionState.ACTIVE, "the session to be active again")
+    wait_until(lambda: session.state is KitSessionState.ACTIVE, 5.0, "the session to be active again")
     event, _, app = h.accept_expose(c)
     assert listener.accepted == 1
     outside.sendall(b"waited")
@@ -323,7 +323,7 @@ def test_a_parked_session_expires_after_the_ttl_and_releases_every_permit(make: 
 
     cut_at = time.monotonic()
     c.cut()
-    wait_until(lambda: h.kit.registry.get(session.session_id) is None, "the parked session to expire")
+    wait_until(lambda: h.kit.registry.get(session.session_id) is None, 5.0, "the parked session to expire")
     assert time.monotonic() - cut_at >= ttl_s
 
     assert h.counter("hoody_tunnel_sessions_parked_total") == 1  # it was parked first
@@ -387,7 +387,7 @@ def test_an_admin_killed_session_is_not_parked_when_its_connection_drops_as_it_i
     # seen the drop (so no GOAWAY is queued yet when the kit's reader sees it).
     c.client_end.abort()
     h.kit.kill_session(session.session_id, grace_s=30.0)
-    c.serve.get(timeout=scaled_timeout_s(5))
+    c.serve.get(timeout=scaled_s(5))
 
     assert not any(isinstance(e, GoAwayReceived) for e in c.peer.seen)
     assert h.counter("hoody_tunnel_sessions_parked_total") == 0
@@ -415,7 +415,7 @@ def test_an_admin_kill_closes_a_parked_session_at_once_and_it_cannot_be_resumed(
     h.check_invariant()
 
     client_end, serve = h.resume(c)
-    serve.get(timeout=scaled_timeout_s(5))
+    serve.get(timeout=scaled_s(5))
     assert client_end.peer is not None and client_end.peer.close_code_sent == 1008
     assert h.counter("hoody_tunnel_resumes_total", outcome="failed") == 1
     assert len(h.kit.registry) == 0

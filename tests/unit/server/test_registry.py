@@ -16,8 +16,8 @@ from pathlib import Path
 import gevent
 import pytest
 
-from tests.conftest import scaled_timeout_s
-from tests.driver_support import recv_exactly, recv_to_eof, wait_until
+from tests.waiting import scaled_s, wait_until
+from tests.driver_support import recv_exactly, recv_to_eof
 from tests.unit.server.kit_harness import V1, KitHarness
 from tunnel.mux.runner import ConnectionEnd, EndKind
 from tunnel.protocol import BindFailed, BindKind, ErrorCode, GoAwayFrame, StreamReset, WelcomeReceived, decode_message
@@ -46,7 +46,7 @@ def test_a_waiting_acquire_gets_the_permit_someone_releases() -> None:
     gevent.sleep(0)
     assert not waiter.dead  # waiting for a permit
     budget.release()
-    assert waiter.get(timeout=scaled_timeout_s(5)) is True
+    assert waiter.get(timeout=scaled_s(5)) is True
     assert budget.available == 0
 
 
@@ -197,7 +197,7 @@ def test_fd_invariant_through_open_bind_streams_park_resume_and_close(make: Make
 
     h.resume(c)
     c.peer.wait_for(WelcomeReceived)
-    wait_until(lambda: c.session.state is KitSessionState.ACTIVE, "the resume")
+    wait_until(lambda: c.session.state is KitSessionState.ACTIVE, 5.0, "the resume")
     watch.step("resumed")
     assert _held(h) == [3]  # the new WebSocket's permit moved to the resumed session
     assert len(h.kit.registry) == 1
@@ -210,7 +210,7 @@ def test_fd_invariant_through_open_bind_streams_park_resume_and_close(make: Make
 
     h.kit.draining = True  # so the close below ends the session instead of parking it
     c.peer.transport.close()
-    c.serve.get(timeout=scaled_timeout_s(5))
+    c.serve.get(timeout=scaled_s(5))
     watch.step("session closed")
     assert len(h.kit.registry) == 0 and h.kit.registry.budget.available == 8
     watch.done()
@@ -227,7 +227,7 @@ def test_fd_invariant_while_a_resume_hands_the_new_connection_over(make: Make) -
     watch.step("parked")
     h.resume(c)
     c.peer.wait_for(WelcomeReceived)
-    wait_until(lambda: c.session.state is KitSessionState.ACTIVE, "the resume")
+    wait_until(lambda: c.session.state is KitSessionState.ACTIVE, 5.0, "the resume")
     watch.step("resumed")
     assert _held(h) == [2] and h.kit.registry.budget.available == h.kit.registry.budget.size - 2
     watch.done()
@@ -246,7 +246,7 @@ def test_fd_invariant_when_a_resume_supersedes_a_connection_the_kit_still_holds(
 
     h.resume(c)
     c.peer.wait_for(WelcomeReceived)
-    old_serve.get(timeout=scaled_timeout_s(5))  # the old connection was superseded
+    old_serve.get(timeout=scaled_s(5))  # the old connection was superseded
     watch.step("superseded and resumed")
     assert any(
         isinstance(f, GoAwayFrame) and f.error_code == ErrorCode.SUPERSEDED
@@ -267,7 +267,7 @@ def test_fd_invariant_when_a_parked_session_expires(make: Make) -> None:
     watch.step("bound, one stream")
     c.cut()
     watch.step("parked or expired")
-    wait_until(lambda: len(h.kit.registry) == 0, "expiry")
+    wait_until(lambda: len(h.kit.registry) == 0, 5.0, "expiry")
     watch.step("expired")
     assert h.kit.registry.budget.available == h.kit.registry.budget.size
     watch.done()
@@ -286,7 +286,7 @@ def test_fd_invariant_through_admin_kills_of_active_and_parked_sessions(make: Ma
 
     h.kit.kill_session(active.session.session_id, grace_s=0.0)
     watch.step("active session killed")
-    active.serve.get(timeout=scaled_timeout_s(5))
+    active.serve.get(timeout=scaled_s(5))
     watch.step("active session closed")
     h.kit.kill_session(parked.session.session_id, grace_s=0.0)
     watch.step("parked session killed")
@@ -306,22 +306,19 @@ def test_fd_invariant_when_permits_run_out(make: Make) -> None:
     assert c.peer.wait_for(StreamReset).error_code == ErrorCode.RESOURCE_EXHAUSTED
     watch.step("stream refused for no permit")
     _, serve = h.serve()
-    serve.get(timeout=scaled_timeout_s(5))
+    serve.get(timeout=scaled_s(5))
     watch.step("session refused for no permit")
     assert _held(h) == [2] and h.kit.registry.budget.available == 0
 
     # An outside connection waits for a permit (tcp mode refuses nothing): the accept loop
     # blocks in take_permit(wait=True).
     outside = h.outside_client(3100)
-    wait_until(
-        lambda: h.counter("hoody_tunnel_fd_permit_exhausted_total", path="expose") == 1,
-        "the accept loop to wait for a permit",
-    )
+    wait_until(lambda: h.counter("hoody_tunnel_fd_permit_exhausted_total", path="expose") == 1, 5.0, "the accept loop to wait for a permit")
     watch.step("accept waiting for a permit")
     h.kit.draining = True
     # ...and the session's end gives every permit back, with the waiter never counted twice.
     c.peer.transport.close()
-    c.serve.get(timeout=scaled_timeout_s(5))
+    c.serve.get(timeout=scaled_s(5))
     watch.step("session closed with an accept waiting for a permit")
     outside.close()
     assert len(h.kit.registry) == 0
