@@ -507,15 +507,8 @@ class Session:
         self._set_state(SessionState.DETACHED)
 
     def received_map(self) -> dict[int, StreamOffsets]:
-        """The ``received`` map of a resume handshake.
-
-        Also snapshots each window's consumed count: the receive window restarts from exactly
-        what the peer is told here.
-
-        Returns:
-            ``[receivedBytes, consumedBytes, finReceived]`` of every stream still remembered
-            (live, or closed since the last handshake), by stream id.
-        """
+        """The ``received`` map of a resume handshake (:meth:`Resumer.received_map
+        <tunnel.protocol.resume.Resumer.received_map>` says what it holds)."""
         return self._resumer.received_map()
 
     def send_resume(self, token: str, client: str) -> None:
