@@ -507,8 +507,12 @@ class Session:
         self._set_state(SessionState.DETACHED)
 
     def received_map(self) -> dict[int, StreamOffsets]:
-        """The ``received`` map of a resume handshake (:meth:`Resumer.received_map
-        <tunnel.protocol.resume.Resumer.received_map>` says what it holds)."""
+        """The ``received`` map of a resume handshake (kept by the session's Resumer).
+
+        Returns:
+            ``[receivedBytes, consumedBytes, finReceived]`` of every stream still remembered,
+            by stream id (see :meth:`tunnel.protocol.resume.Resumer.received_map`).
+        """
         return self._resumer.received_map()
 
     def send_resume(self, token: str, client: str) -> None:
