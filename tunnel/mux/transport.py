@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 _IOV_MAX: Final = 1024  # iovecs per sendmsg() call (Linux IOV_MAX)
+_MSG_DONTWAIT: Final = stdlib_socket.MSG_DONTWAIT  # gevent's sendmsg raises instead of waiting
 _DEFAULT_CLOSE_TIMEOUT_S: Final = 5.0
 
 
@@ -394,16 +395,55 @@ class SocketTransport:
 
     def _write(self, buffers: list[bytes | bytearray | memoryview]) -> None:
         """Write ``buffers`` under the write lock within send_timeout_s
-        (docs/gevent-websocket.md §6, §7)."""
+        (docs/gevent-websocket.md §6, §7).
+
+        Fast path: when the lock is free and the kernel takes everything at once (a small
+        message to a peer that reads), the write costs one non-blocking ``sendmsg`` and no
+        timer; a timer is armed only for what the kernel could not take.
+        """
         if self._close_sent:  # also set by _abort
             raise self._ended or ConnectionClosed(self._close_code_received, "connection is closed")
+        if self._use_sendmsg and self._write_lock.acquire(blocking=False):
+            try:
+                try:
+                    rest = self._send_nowait(buffers)
+                except OSError as exc:
+                    ended = self._end(ConnectionClosed(None, f"send failed: {exc}"))
+                    self._abort()
+                    raise ended from None
+                if rest:
+                    self._send_timed(rest, locked=True)
+            finally:
+                self._write_lock.release()
+            return
+        self._send_timed(buffers, locked=False)
+
+    def _send_nowait(self, buffers: list[bytes | bytearray | memoryview]) -> list[memoryview]:
+        """Send what the kernel takes now without blocking; return the rest (empty: all sent)."""
+        assert self._write_lock.locked()  # docs/architecture.md §4.2: callers hold the write lock
+        views = [memoryview(b).cast("B") for b in buffers]
+        index = 0
+        while index < len(views):
+            try:
+                sent = self._sock.sendmsg(views[index : index + _IOV_MAX], (), _MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            index = _skip_sent(views, index, sent)
+        return views[index:]
+
+    def _send_timed(self, buffers: Sequence[bytes | bytearray | memoryview], *, locked: bool) -> None:
+        """Send ``buffers`` blocking, within send_timeout_s (``locked``: the caller holds the
+        write lock; else it is taken here, within the same deadline)."""
         timer = gevent.Timeout(self.send_timeout_s)
         timer.start()
         try:
-            with self._write_lock:
-                if self._close_sent:  # a close went out while we waited for the lock
-                    raise self._ended or ConnectionClosed(self._close_code_received, "connection is closed")
-                self._sendall(buffers)
+            if locked:
+                self._sendall(list(buffers))
+            else:
+                with self._write_lock:
+                    if self._close_sent:  # a close went out while we waited for the lock
+                        raise self._ended or ConnectionClosed(self._close_code_received, "connection is closed")
+                    self._sendall(list(buffers))
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
@@ -429,14 +469,7 @@ class SocketTransport:
         index = 0
         while index < len(views):
             sent = self._sock.sendmsg(views[index : index + _IOV_MAX])
-            while sent and index < len(views):  # skip what went out, keep the rest
-                first = views[index]
-                if sent >= len(first):
-                    sent -= len(first)
-                    index += 1
-                else:
-                    views[index] = first[sent:]
-                    sent = 0
+            index = _skip_sent(views, index, sent)
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -513,3 +546,17 @@ class SocketTransport:
             self._reader.close()
         except (OSError, RuntimeError):
             pass
+
+
+def _skip_sent(views: list[memoryview], index: int, sent: int) -> int:
+    """Drop what ``sendmsg`` took (``sent`` bytes from ``views[index:]``); return the new index
+    (a partly sent view is cut in place)."""
+    while sent and index < len(views):
+        first = views[index]
+        if sent >= len(first):
+            sent -= len(first)
+            index += 1
+        else:
+            views[index] = first[sent:]
+            sent = 0
+    return index
