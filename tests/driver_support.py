@@ -136,14 +136,18 @@ class LocalSocket(gsocket.socket):
         self.send_limit = None
         self._unblocked.set()
 
-    def send(self, data: Any, flags: int = 0) -> int:
+    def send(self, data: Any, flags: int = 0, timeout: Any = None) -> int:
+        """As gevent's ``send``; ``timeout=0.0`` raises BlockingIOError instead of waiting, at
+        the send limit too."""
         view = memoryview(data).cast("B")
         while self.send_limit is not None and self.written >= self.send_limit:
+            if timeout == 0.0:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
             self.send_blocked.set()
             self._unblocked.wait()
         if self.send_limit is not None:
             view = view[: self.send_limit - self.written]
-        sent = super().send(view, flags)
+        sent = super().send(view, flags) if timeout is None else super().send(view, flags, timeout=timeout)
         self.written += sent
         return sent
 

@@ -15,8 +15,12 @@ Once :meth:`StreamPump.connect` hands it a socket, two greenlets run, spawned th
   local socket, and only then acknowledges it (``Session.acknowledge_data``), so the WINDOW the
   peer gets reflects bytes really written (docs/protocol.md §8). The peer's FIN becomes ``shutdown(SHUT_WR)``.
 
-The runner's reader greenlet only ever appends to ``_inbound`` and sets events: it never blocks on
-a local socket, so one slow local reader never stalls other streams.
+The runner's reader greenlet never blocks on a local socket, so one slow local reader never stalls
+other streams. When the downstream greenlet is idle (nothing queued, nothing being written), the
+reader offers the DATA to the local socket itself with a non-blocking ``send`` and acknowledges
+what the kernel took; only the rest is queued for the downstream greenlet. A small message then
+reaches the local app without a greenlet switch, and the order of bytes is kept because nothing
+else is queued or in flight for the socket at that moment.
 
 The stream is finished when both directions have carried their FIN, or on reset; then the socket
 is closed and ``on_finished`` runs exactly once (the owner releases its FD permit there).
@@ -105,6 +109,9 @@ class StreamPump:
         self._sent_fin = False  # we sent FIN (local EOF)
         self._wrote_fin = False  # we shut down the local write side
         self._finished = False
+        #: The downstream greenlet waits for DATA with nothing in hand: the reader may write to
+        #: the socket directly (see the module docstring).
+        self._downstream_idle = False
         self._greenlets: list[gevent.Greenlet[..., object]] = []
         self.bytes_to_local = 0
         self.bytes_from_local = 0
@@ -117,9 +124,23 @@ class StreamPump:
     # -- called by the runner's reader greenlet: never blocks --------------------------------
 
     def deliver(self, data: bytes | memoryview) -> None:
-        """Queue DATA from the peer for the local socket."""
+        """DATA from the peer for the local socket: written at once when the socket takes it
+        without blocking and nothing is ahead of it, else queued for the downstream greenlet."""
         if self._finished:
             return
+        if self._downstream_idle and not self._inbound:
+            sock = self.sock
+            assert sock is not None  # the downstream greenlet runs only once connected
+            try:
+                sent = sock.send(data, 0, timeout=0.0)  # type: ignore[call-arg]  # gevent: never wait
+            except OSError:
+                sent = 0  # full (EAGAIN) or failed: the downstream greenlet writes, or sees the error
+            if sent:
+                self.bytes_to_local += sent
+                self.owner.acknowledge_data(self.stream_id, sent, drained=sent == len(data))
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]
         self._inbound.append(data)
         self._inbound_ready.set()
 
@@ -234,7 +255,11 @@ class StreamPump:
                     return
                 self._inbound_ready.clear()
                 if not inbound and not self._peer_fin:
-                    self._inbound_ready.wait()
+                    self._downstream_idle = True
+                    try:
+                        self._inbound_ready.wait()
+                    finally:
+                        self._downstream_idle = False
                 continue
             chunk = inbound.popleft()
             try:
