@@ -140,8 +140,14 @@ def post_worker_init(worker: Any) -> None:
     ``kit.shutdown(grace_s)`` (GOAWAY(SHUTDOWN) + close 1001 to every session, then drain), with
     a margin so the sessions end before the master's SIGKILL.
     """
+    import gc
+
     import gevent  # in the worker, after its patch_all(); never in the master
 
+    # What start-up built (modules, the app, the metrics) lives as long as the worker: out of
+    # the collector's sight, a full collection no longer walks it (a profile of a 64-byte round
+    # trip had 7 % of the worker's CPU in the cyclic collector).
+    gc.freeze()
     kit = getattr(worker.wsgi, "extensions", {}).get("tunnel")
     shutdown = getattr(kit, "shutdown", None)
     if shutdown is None:

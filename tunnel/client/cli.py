@@ -122,10 +122,13 @@ def _connect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     client = TunnelClient(
         ClientOptions(url=url, token=token, protocol=args.protocol, exposes=exposes, pulls=pulls), out=out, err=err
     )
+    import gc
+
     import gevent
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, client.stop)
+    gc.freeze()  # start-up objects live as long as the process: keep full collections short
     try:
         return client.run()
     except KeyboardInterrupt:
