@@ -23,6 +23,29 @@ Environment (all optional):
   BENCH_KEEP_LOGS=1         keep the temporary directory with every process's logs
 HOODY_TUNNEL_* variables in the environment reach the kit and the client unchanged, except the
 ones the bench sets (tokens, state directory, expose host, PORT).
+
+Then two more benches run (bench/__main__.py), each printing its own table:
+  BENCH_CLIENTS=1           real clients (bench/clients_bench.py): redis-benchmark SET/GET at -c 1
+                            and -c 20, and pgbench -S at -c 1 and -c 8, against a throwaway
+                            redis-server and PostgreSQL through direct, PULL, EXPOSE, ssh -L and
+                            the gevent chain, all up side by side; 5 interleaved rounds, the median
+                            and every run per path, ratios against ssh -L and the chain, CPU per
+                            request. About five minutes. 0 leaves it out, ``only`` runs it alone.
+                            redis-server, redis-tools and postgresql are installed with apt-get
+                            when missing; a server that cannot be had gets its rows marked
+                            unavailable. Its own settings:
+    BENCH_CLIENTS_ROUNDS=5              interleaved rounds
+    BENCH_CLIENTS_PATHS=direct,pull,expose,ssh,chain   the paths
+    BENCH_CLIENTS_SERVERS=redis,pg      the servers (and so the clients)
+    BENCH_CLIENTS_REDIS_S=2.5           seconds of one redis-benchmark run (-n set per path by a
+                                        short calibration run); BENCH_CLIENTS_REDIS_N=N fixes -n
+    BENCH_CLIENTS_PG_S=3                pgbench -T
+    BENCH_CLIENTS_JSON=path             also write its results there as JSON
+  BENCH_HTTP=1              the HTTP bench (bench/http_bench.py: wrk through tcp and http EXPOSE
+                            bindings; its settings are in its docstring). About a minute and a
+                            half. 0 leaves it out, ``only`` runs it alone.
+  With BENCH_CLIENTS=only and/or BENCH_HTTP=only, only those run (no main table).
+BENCH_NO_INSTALL and BENCH_KEEP_LOGS apply to all three.
 """
 
 from __future__ import annotations

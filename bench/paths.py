@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from bench.load import Endpoint, MeasureError, probe
 from bench.procs import (
@@ -33,6 +33,8 @@ from bench.procs import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 HEALTH_PATH = "/api/v1/tunnel/health"
+
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -122,31 +124,47 @@ def _find_openssh() -> OpenSsh | None:
 def ensure_openssh(allow_install: bool, timeout_s: float) -> OpenSsh:
     """sshd, ssh and ssh-keygen; installs openssh-server/-client with apt-get when missing,
     allowed and running as root. Raises Unavailable with the reason otherwise."""
-    found = _find_openssh()
+    return ensure_installed("OpenSSH server", ("openssh-server", "openssh-client"), _find_openssh,
+                            allow_install, timeout_s)
+
+
+def ensure_installed(what: str, packages: Sequence[str], find: Callable[[], T | None],
+                     allow_install: bool, timeout_s: float) -> T:
+    """``find()``, after ``apt-get install -y --no-install-recommends PACKAGES`` when it finds
+    nothing, installing is allowed (no BENCH_NO_INSTALL) and we are root with apt-get (a failed
+    install is retried once after ``apt-get update``). Raises Unavailable with the reason."""
+    found = find()
     if found is not None:
         return found
     if not allow_install:
-        raise Unavailable("OpenSSH server not installed (BENCH_NO_INSTALL set)")
+        raise Unavailable(f"{what} not installed (BENCH_NO_INSTALL set)")
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise Unavailable("OpenSSH server not installed, and cannot install it (needs root and apt-get)")
-    log("sshd not found: apt-get install -y openssh-server openssh-client")
+        raise Unavailable(f"{what} not installed, and cannot install it (needs root and apt-get)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    argv = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server", "openssh-client"]
+    # Wait for another apt/dpkg run (the machine is shared) instead of failing at once.
+    argv = ["apt-get", "-o", "DPkg::Lock::Timeout=120", "install", "-y", "--no-install-recommends",
+            *packages]
     output = ""
     for attempt in range(2):
+        log(f"{what} not found: apt-get install -y {' '.join(packages)}"
+            + (" (after apt-get update)" if attempt else ""))
         try:
             done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            raise Unavailable(f"apt-get install did not finish in {timeout_s:.0f} s") from None
+            raise Unavailable(f"apt-get install {' '.join(packages)} did not finish in "
+                              f"{timeout_s:.0f} s") from None
         output = (done.stdout + done.stderr).decode("utf-8", "replace")
         if done.returncode == 0:
             break
         if attempt == 0:  # stale package lists are the usual cause
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True,
-                           timeout=timeout_s, check=False)
-    found = _find_openssh()
+            try:
+                subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=120", "update"], env=env,
+                               capture_output=True, timeout=timeout_s, check=False)
+            except subprocess.TimeoutExpired:
+                break
+    found = find()
     if found is None:
-        raise Unavailable(f"apt-get install of openssh-server failed:\n{output[-2000:]}")
+        raise Unavailable(f"apt-get install {' '.join(packages)} failed:\n{output[-2000:]}")
     return found
 
 
