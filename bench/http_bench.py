@@ -40,7 +40,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import psutil
 
@@ -186,8 +186,8 @@ def cpu_s(pids: list[int]) -> float | None:
         return None
 
 
-def run_wrk(wrk: str, path: str, port: int, cfg: HttpConfig, *, kit_pids: list[int] = (),
-            client_pids: list[int] = ()) -> WrkResult:
+def run_wrk(wrk: str, path: str, port: int, cfg: HttpConfig, *, kit_pids: Sequence[int] = (),
+            client_pids: Sequence[int] = ()) -> WrkResult:
     """One wrk run after a warm-up; with pids, also the CPU those processes spent per request
     (a number that, unlike requests/s, barely moves with what else the machine runs)."""
     url = f"http://127.0.0.1:{port}/"
@@ -434,7 +434,7 @@ def serve_target(fd: int, body_size: int, kind: str) -> int:
     class NoDelayWSGIServer(WSGIServer):
         # pywsgi writes a response's head and body in two sends: without TCP_NODELAY, Nagle and
         # the peer's delayed ACK add ~40 ms to every response.
-        def handle(self, sock: gsocket.socket, address: object) -> None:
+        def handle(self, sock: gsocket.socket, address: str) -> None:
             sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
             super().handle(sock, address)
 

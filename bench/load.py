@@ -15,6 +15,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 LENGTH = struct.Struct("!Q")
 CHUNK_SIZE = 1 << 20
@@ -131,9 +132,13 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def round_trips(ep: Endpoint, count: int, warmup: int, payload_size: int,
-                limits: Limits) -> tuple[float, float]:
-    """``payload_size``-byte ping-pong over one connection; (p50, p99) in microseconds."""
+def round_trips(ep: Endpoint, count: int, warmup: int, payload_size: int, limits: Limits,
+                on_start: Callable[[], None] | None = None,
+                on_end: Callable[[], None] | None = None) -> tuple[float, float]:
+    """``payload_size``-byte ping-pong over one connection; (p50, p99) in microseconds.
+
+    ``on_start`` is called after the warm-up, right before the first measured round trip, and
+    ``on_end`` right after the last one (e.g. to read the CPU time of the path's processes)."""
     payload = os.urandom(payload_size)
     samples: list[float] = []
     started = time.perf_counter()
@@ -142,6 +147,8 @@ def round_trips(ep: Endpoint, count: int, warmup: int, payload_size: int,
         with _connect(ep.host, ep.echo_port, limits.stall_s) as sock:
             buf = memoryview(bytearray(payload_size))
             for i in range(warmup + count):
+                if i == warmup and on_start is not None:
+                    on_start()
                 t0 = time.perf_counter_ns()
                 sock.sendall(payload)
                 got = 0
@@ -155,6 +162,8 @@ def round_trips(ep: Endpoint, count: int, warmup: int, payload_size: int,
                     samples.append((t1 - t0) / 1000.0)
                 if t1 / 1e9 > deadline:
                     raise TimeoutError(f"over the {limits.test_timeout_s:.0f} s limit")
+            if on_end is not None:
+                on_end()
             if bytes(buf) != payload:
                 raise MeasureError("echo returned different bytes")
     except (OSError, MeasureError) as exc:

@@ -6,7 +6,9 @@ still followed. With several children (there should be one: workers = 1) their R
 
 from __future__ import annotations
 
+import os
 import threading
+from typing import Callable, Iterable
 
 import psutil
 
@@ -90,3 +92,82 @@ class RssMonitor:
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
             self.sample()
+
+
+# -- CPU time ---------------------------------------------------------------------------------------
+
+
+def _schedstat_ns(pid: int) -> int | None:
+    """On-CPU nanoseconds (user + system) of every thread of ``pid``, from
+    /proc/PID/task/*/schedstat: exact, where /proc/PID/stat counts in clock ticks (10 ms), too
+    coarse for the fraction of a second an RTT phase takes. None where schedstat is missing."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
+
+
+def cpu_seconds(pids: Iterable[int]) -> float | None:
+    """User + system CPU seconds spent so far by ``pids`` (all their threads); None when one of
+    them is gone."""
+    total = 0.0
+    for pid in pids:
+        ns = _schedstat_ns(pid)
+        if ns is not None:
+            total += ns / 1e9
+            continue
+        try:
+            total += sum(psutil.Process(pid).cpu_times()[:2])
+        except psutil.Error:
+            return None
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (e.g. sshd and its per-connection processes)."""
+    try:
+        parent = psutil.Process(pid)
+        return [pid] + [child.pid for child in parent.children(recursive=True)]
+    except psutil.Error:
+        return [pid]
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    """The gunicorn master's workers (its children)."""
+    try:
+        return [child.pid for child in psutil.Process(master_pid).children()]
+    except psutil.Error:
+        return []
+
+
+class CpuMeter:
+    """CPU spent by two groups of processes (the kit or server side, the client side) between
+    ``start()`` and ``stop()``. The groups are given as functions returning pids, called at
+    ``start()``; the same pids are read at ``stop()``."""
+
+    def __init__(self, server_side: Callable[[], list[int]],
+                 client_side: Callable[[], list[int]]) -> None:
+        self._groups = (server_side, client_side)
+        self._pids: list[list[int]] = [[], []]
+        self._before: list[float | None] = [None, None]
+        self.spent_s: list[float | None] = [None, None]  # [server side, client side]
+
+    def start(self) -> None:
+        self._pids = [group() for group in self._groups]
+        self._before = [cpu_seconds(pids) if pids else None for pids in self._pids]
+
+    def stop(self) -> None:
+        for i, pids in enumerate(self._pids):
+            before = self._before[i]
+            after = cpu_seconds(pids) if pids else None
+            self.spent_s[i] = None if before is None or after is None else after - before

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 from bench.load import Endpoint, MeasureError, probe
 from bench.procs import (
@@ -32,6 +33,8 @@ from bench.procs import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 HEALTH_PATH = "/api/v1/tunnel/health"
+
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -55,6 +58,39 @@ def start_target(procs: ProcessSet, timeout_s: float) -> Endpoint:
             sock.close()
     managed.wait_for_line(lambda line: "serving" in line, timeout_s)
     return Endpoint(LOOPBACK, ports[0], ports[1], ports[2])
+
+
+# --- the gevent relay chain ----------------------------------------------------------------------
+
+def start_relay(procs: ProcessSet, name: str, next_ports: Sequence[int],
+                timeout_s: float) -> tuple[Managed, list[int]]:
+    """One ``bench.relay`` process relaying a listener of its own to each of ``next_ports``
+    (on 127.0.0.1); returns it and its listening ports, in the same order."""
+    listeners = [listening_socket() for _ in next_ports]
+    try:
+        ports = [sock.getsockname()[1] for sock in listeners]
+        specs = [f"{sock.fileno()}:{LOOPBACK}:{port}" for sock, port in zip(listeners, next_ports)]
+        managed = procs.start(
+            name, [sys.executable, "-m", "bench.relay", *specs], cwd=str(REPO_ROOT),
+            pass_fds=[sock.fileno() for sock in listeners], read_stdout_lines=True, stdin_pipe=True,
+            stop_grace_s=3.0)
+    finally:
+        for sock in listeners:
+            sock.close()
+    managed.wait_for_line(lambda line: "serving" in line, timeout_s)
+    return managed, ports
+
+
+def start_chain(procs: ProcessSet, target_ports: Sequence[int], timeout_s: float,
+                name: str = "relay") -> tuple[list[int], list[Managed]]:
+    """client -> relay A -> relay B -> ``target_ports``: two plain gevent relay processes.
+
+    Returns the ports the client dials (relay A's, in the order of ``target_ports``) and the
+    processes [relay A, relay B] (A beside the client, as the tunnel client is for PULL; B beside
+    the target, as the kit is)."""
+    relay_b, b_ports = start_relay(procs, f"{name}-b", target_ports, timeout_s)
+    relay_a, a_ports = start_relay(procs, f"{name}-a", b_ports, timeout_s)
+    return a_ports, [relay_a, relay_b]
 
 
 # --- ssh -L -------------------------------------------------------------------------------------
@@ -88,31 +124,47 @@ def _find_openssh() -> OpenSsh | None:
 def ensure_openssh(allow_install: bool, timeout_s: float) -> OpenSsh:
     """sshd, ssh and ssh-keygen; installs openssh-server/-client with apt-get when missing,
     allowed and running as root. Raises Unavailable with the reason otherwise."""
-    found = _find_openssh()
+    return ensure_installed("OpenSSH server", ("openssh-server", "openssh-client"), _find_openssh,
+                            allow_install, timeout_s)
+
+
+def ensure_installed(what: str, packages: Sequence[str], find: Callable[[], T | None],
+                     allow_install: bool, timeout_s: float) -> T:
+    """``find()``, after ``apt-get install -y --no-install-recommends PACKAGES`` when it finds
+    nothing, installing is allowed (no BENCH_NO_INSTALL) and we are root with apt-get (a failed
+    install is retried once after ``apt-get update``). Raises Unavailable with the reason."""
+    found = find()
     if found is not None:
         return found
     if not allow_install:
-        raise Unavailable("OpenSSH server not installed (BENCH_NO_INSTALL set)")
+        raise Unavailable(f"{what} not installed (BENCH_NO_INSTALL set)")
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise Unavailable("OpenSSH server not installed, and cannot install it (needs root and apt-get)")
-    log("sshd not found: apt-get install -y openssh-server openssh-client")
+        raise Unavailable(f"{what} not installed, and cannot install it (needs root and apt-get)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    argv = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server", "openssh-client"]
+    # Wait for another apt/dpkg run (the machine is shared) instead of failing at once.
+    argv = ["apt-get", "-o", "DPkg::Lock::Timeout=120", "install", "-y", "--no-install-recommends",
+            *packages]
     output = ""
     for attempt in range(2):
+        log(f"{what} not found: apt-get install -y {' '.join(packages)}"
+            + (" (after apt-get update)" if attempt else ""))
         try:
             done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            raise Unavailable(f"apt-get install did not finish in {timeout_s:.0f} s") from None
+            raise Unavailable(f"apt-get install {' '.join(packages)} did not finish in "
+                              f"{timeout_s:.0f} s") from None
         output = (done.stdout + done.stderr).decode("utf-8", "replace")
         if done.returncode == 0:
             break
         if attempt == 0:  # stale package lists are the usual cause
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True,
-                           timeout=timeout_s, check=False)
-    found = _find_openssh()
+            try:
+                subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=120", "update"], env=env,
+                               capture_output=True, timeout=timeout_s, check=False)
+            except subprocess.TimeoutExpired:
+                break
+    found = find()
     if found is None:
-        raise Unavailable(f"apt-get install of openssh-server failed:\n{output[-2000:]}")
+        raise Unavailable(f"apt-get install {' '.join(packages)} failed:\n{output[-2000:]}")
     return found
 
 
@@ -164,10 +216,20 @@ def _probe_ok(ep: Endpoint) -> bool:
         return False
 
 
-def start_ssh_forward(procs: ProcessSet, openssh: OpenSsh, target: Endpoint, work_dir: Path,
-                      timeout_s: float) -> tuple[Endpoint, list[Managed]]:
-    """sshd on a free loopback port plus ``ssh -N -L`` for the three target ports."""
-    ssh_dir = work_dir / "ssh"
+@dataclass(frozen=True)
+class SshServer:
+    """A running throwaway sshd and what a client needs to log in to it."""
+
+    managed: Managed
+    port: int
+    ssh_dir: Path
+    user: str
+
+
+def start_sshd(procs: ProcessSet, openssh: OpenSsh, work_dir: Path, timeout_s: float,
+               name: str = "sshd") -> SshServer:
+    """sshd on a free loopback port, with a host key and a client key made for it."""
+    ssh_dir = work_dir / name
     ssh_dir.mkdir(mode=0o700)
     _keygen(openssh, ssh_dir / "host_ed25519")
     _keygen(openssh, ssh_dir / "client_ed25519")
@@ -177,7 +239,6 @@ def start_ssh_forward(procs: ProcessSet, openssh: OpenSsh, target: Endpoint, wor
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     user = pwd.getpwuid(os.geteuid()).pw_name
 
-    sshd: Managed | None = None
     last_error = ""
     for _attempt in range(3):  # the port was only free a moment ago: retry on a clash
         port = unused_port()
@@ -187,35 +248,51 @@ def start_ssh_forward(procs: ProcessSet, openssh: OpenSsh, target: Endpoint, wor
                               timeout=30, check=False)
         if done.returncode != 0:
             raise BenchError(f"sshd -t rejected the config: {done.stderr.decode('utf-8', 'replace')}")
-        candidate = procs.start("sshd", [openssh.sshd, "-D", "-e", "-f", str(config)], stop_grace_s=3.0)
+        candidate = procs.start(name, [openssh.sshd, "-D", "-e", "-f", str(config)], stop_grace_s=3.0)
         try:
             wait_until(lambda: _sshd_answers(port), timeout_s, "sshd to answer", alive=candidate)
-            sshd = candidate
-            break
+            return SshServer(candidate, port, ssh_dir, user)
         except BenchError as exc:
             last_error = str(exc)
             procs.stop(candidate)
-    if sshd is None:
-        raise BenchError(f"sshd did not start:\n{last_error}")
+    raise BenchError(f"sshd did not start:\n{last_error}")
 
+
+def start_ssh_tunnel(procs: ProcessSet, openssh: OpenSsh, server: SshServer,
+                     target_ports: Sequence[int], ready: Callable[[list[int]], bool],
+                     timeout_s: float, name: str = "ssh") -> tuple[list[int], Managed]:
+    """``ssh -N -L`` through ``server``: a local loopback port for each of ``target_ports``
+    (in the same order); returns once ``ready(local_ports)`` is true."""
+    last_error = ""
     for _attempt in range(3):
-        local = [unused_port() for _ in range(3)]
+        local = [unused_port() for _ in target_ports]
         forwards: list[str] = []
-        for lport, tport in zip(local, (target.sink_port, target.source_port, target.echo_port)):
+        for lport, tport in zip(local, target_ports):
             forwards += ["-L", f"{LOOPBACK}:{lport}:{LOOPBACK}:{tport}"]
-        argv = [openssh.ssh, "-N", "-F", "/dev/null", *forwards, "-i", str(ssh_dir / "client_ed25519"),
+        argv = [openssh.ssh, "-N", "-F", "/dev/null", *forwards,
+                "-i", str(server.ssh_dir / "client_ed25519"),
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
-                "-p", str(port), f"{user}@{LOOPBACK}"]
-        client = procs.start("ssh", argv, stop_grace_s=3.0)
-        ep = Endpoint(LOOPBACK, *local)
+                "-p", str(server.port), f"{server.user}@{LOOPBACK}"]
+        client = procs.start(name, argv, stop_grace_s=3.0)
         try:
-            wait_until(lambda: _probe_ok(ep), timeout_s, "an echo through ssh -L", alive=client)
-            return ep, [sshd, client]
+            wait_until(lambda: ready(local), timeout_s, f"a first exchange through {name} -L",
+                       alive=client)
+            return local, client
         except BenchError as exc:
-            last_error = f"{exc}\n{sshd.describe_output()}"
+            last_error = f"{exc}\n{server.managed.describe_output()}"
             procs.stop(client)
     raise BenchError(f"ssh -L did not come up:\n{last_error}")
+
+
+def start_ssh_forward(procs: ProcessSet, openssh: OpenSsh, target: Endpoint, work_dir: Path,
+                      timeout_s: float) -> tuple[Endpoint, list[Managed]]:
+    """sshd on a free loopback port plus ``ssh -N -L`` for the three target ports."""
+    server = start_sshd(procs, openssh, work_dir, timeout_s)
+    local, client = start_ssh_tunnel(
+        procs, openssh, server, (target.sink_port, target.source_port, target.echo_port),
+        lambda ports: _probe_ok(Endpoint(LOOPBACK, *ports)), timeout_s)
+    return Endpoint(LOOPBACK, *local), [server.managed, client]
 
 
 # --- the kit ------------------------------------------------------------------------------------
@@ -292,18 +369,30 @@ def start_kit_client(procs: ProcessSet, kit_port: int, token: str, kind: str, ta
 
     One client per kind, so a failure that ends the PULL session cannot take EXPOSE with it.
     """
-    targets = (target.sink_port, target.source_port, target.echo_port)
+    client, ports = start_kit_client_ports(
+        procs, kit_port, token, kind, (target.sink_port, target.source_port, target.echo_port),
+        work_dir, timeout_s)
+    return client, Endpoint(LOOPBACK, *ports)
+
+
+def start_kit_client_ports(procs: ProcessSet, kit_port: int, token: str, kind: str,
+                           target_ports: Sequence[int], work_dir: Path, timeout_s: float,
+                           name: str | None = None) -> tuple[Managed, list[int]]:
+    """``tunnel.client connect`` with a binding of ``kind`` ("pull" or "expose") for each of
+    ``target_ports``; returns it, once it printed "ready", and the port that reaches each target
+    (in the same order). Each client has a state directory of its own."""
+    name = name or f"client-{kind}"
     last_error = ""
     for _attempt in range(2):  # PULL and EXPOSE take port numbers: retry on a clash
-        ports = [unused_port() for _ in range(3)]
+        ports = [unused_port() for _ in target_ports]
         specs: list[str] = []
-        for port, target_port in zip(ports, targets):
+        for port, target_port in zip(ports, target_ports):
             # --pull LOCAL_PORT:CONTAINER_PORT ; --expose CONTAINER_PORT:LOCAL_PORT
             specs += [f"--{kind}", f"{port}:{target_port}"]
         env = dict(os.environ)
-        env["HOODY_TUNNEL_STATE_DIR"] = str(work_dir / "client-state")
+        env["HOODY_TUNNEL_STATE_DIR"] = str(work_dir / f"{name}-state")
         client = procs.start(
-            f"client-{kind}",
+            name,
             [sys.executable, "-m", "tunnel.client", "connect", f"ws://{LOOPBACK}:{kit_port}",
              "--token", token, *specs],
             env=env, cwd=str(REPO_ROOT), read_stdout_lines=True, stop_signal=signal.SIGINT,
@@ -314,5 +403,5 @@ def start_kit_client(procs: ProcessSet, kit_port: int, token: str, kind: str, ta
             last_error = str(exc)
             procs.stop(client)
             continue
-        return client, Endpoint(LOOPBACK, *ports)
+        return client, ports
     raise BenchError(f"tunnel client ({kind}) did not become ready:\n{last_error}")

@@ -14,6 +14,7 @@ the log file and into a list that ``wait_for_line()`` watches.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -170,7 +171,11 @@ class ProcessSet:
         stdin_pipe: bool = False,
         stop_signal: int = signal.SIGTERM,
         stop_grace_s: float = 8.0,
+        user: str | None = None,
     ) -> Managed:
+        """Start ``argv`` in a session of its own; ``user`` runs it as that user (and its primary
+        group, no supplementary groups) -- a root bench starting a server that refuses root."""
+        group = pwd.getpwnam(user).pw_gid if user is not None else None
         stdout_path = self.log_dir / f"{name}.stdout.log"
         stderr_path = self.log_dir / f"{name}.stderr.log"
         with open(stderr_path, "wb") as err_file:
@@ -191,6 +196,9 @@ class ProcessSet:
                     stdout=stdout_target,
                     stderr=err_file,
                     start_new_session=True,
+                    user=user,
+                    group=group,
+                    extra_groups=[] if user is not None else None,
                 )
             except OSError as exc:
                 raise BenchError(f"cannot start {name} ({argv[0]}): {exc}") from exc

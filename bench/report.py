@@ -9,7 +9,23 @@ from typing import Any
 
 MIB = 1 << 20
 
-PATH_ORDER = ("direct", "pull", "expose", "ssh -L")
+PATH_ORDER = ("direct", "pull", "expose", "ssh -L", "gevent chain")
+CHAIN = "gevent chain"
+# RTT p50 of PULL and EXPOSE against the gevent chain's (the floor of a two-process gevent tunnel)
+CHAIN_RTT_TARGET = 1.2
+# Who spends the CPU per round trip on each path: (server side, client side).
+CPU_SIDES = {
+    "pull": ("kit worker", "tunnel client"),
+    "expose": ("kit worker", "tunnel client"),
+    "ssh -L": ("sshd", "ssh"),
+    CHAIN: ("relay B", "relay A"),
+}
+# (path, baseline) pairs of the ratio table, in order.
+RATIO_PAIRS = (
+    ("pull", "direct"), ("expose", "direct"), ("ssh -L", "direct"), (CHAIN, "direct"),
+    ("pull", "ssh -L"), ("expose", "ssh -L"), (CHAIN, "ssh -L"),
+    ("pull", CHAIN), ("expose", CHAIN),
+)
 
 # (key, heading, format, higher is better)
 COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
@@ -37,6 +53,11 @@ class PathResult:
     setups_count: int | None = None
     setups_errors: int | None = None
     setups_first_error: str | None = None
+    # CPU (user + system) per measured round trip of the RTT phase, in µs: the kit worker or
+    # server side, and the tunnel client or client side (see CPU_SIDES); None: not measured
+    rtt_server_cpu_us: float | None = None
+    rtt_client_cpu_us: float | None = None
+    rtt_cpu_error: str | None = None
     # metric key -> why it has no value (failed, or skipped after the path died)
     failures: dict[str, str] = field(default_factory=dict)
     # set when the path could not be set up at all
@@ -125,6 +146,9 @@ def format_table(report: Report) -> str:
             lines.append(f"{row[0].ljust(widths[0])}  {row[1]}")
     lines.append("")
     lines.append(format_rss(report))
+    cpu = format_cpu(report)
+    if cpu:
+        lines.append(cpu)
     commit = report.environment.get("kit_commit")
     if commit:
         dirty = " + uncommitted changes" if report.environment.get("kit_uncommitted_changes") else ""
@@ -162,8 +186,7 @@ def format_rss(report: Report) -> str:
 def ratios(report: Report) -> dict[str, dict[str, float]]:
     """{"pull / direct": {"up_mb_s": 0.12, ...}, ...}: path value divided by the baseline's."""
     out: dict[str, dict[str, float]] = {}
-    pairs = [(p, b) for b in ("direct", "ssh -L") for p in PATH_ORDER if p not in ("direct", b)]
-    for path, base in pairs:
+    for path, base in RATIO_PAIRS:
         pr, br = report.paths.get(path), report.paths.get(base)
         if pr is None or br is None or pr.row_error or br.row_error:
             continue
@@ -174,20 +197,54 @@ def ratios(report: Report) -> dict[str, dict[str, float]]:
             a, b = pr.value(key), br.value(key)
             if a is not None and b is not None and b > 0:
                 values[key] = a / b
+        path_cpu, base_cpu = _cpu_total(pr), _cpu_total(br)
+        if path_cpu is not None and base_cpu:
+            values["rtt_cpu_us"] = path_cpu / base_cpu
         if values:
             out[f"{path} / {base}"] = values
     return out
+
+
+def _cpu_total(result: PathResult) -> float | None:
+    if result.rtt_server_cpu_us is None or result.rtt_client_cpu_us is None:
+        return None
+    return result.rtt_server_cpu_us + result.rtt_client_cpu_us
+
+
+def format_cpu(report: Report) -> str:
+    """CPU per round trip of the RTT phase, per path that has processes of its own."""
+    rtt_count = report.config.get("rtt_count", 0)
+    payload = report.config.get("rtt_payload_bytes", 64)
+    rows = []
+    for name in PATH_ORDER:
+        result = report.paths.get(name)
+        if result is None or name not in CPU_SIDES or result.row_error:
+            continue
+        server, client = CPU_SIDES[name]
+        total = _cpu_total(result)
+        if total is None:
+            why = result.rtt_cpu_error or result.failures.get("rtt_p50_us") or "not measured"
+            rows.append(f"  {name:<13} not measured ({_short(why)})")
+            continue
+        assert result.rtt_server_cpu_us is not None and result.rtt_client_cpu_us is not None
+        rows.append(f"  {name:<13} {server} {result.rtt_server_cpu_us:5.1f} µs + {client} "
+                    f"{result.rtt_client_cpu_us:5.1f} µs = {total:5.1f} µs")
+    if not rows:
+        return ""
+    return "\n".join([f"CPU per {payload} B round trip (user + system, over the {rtt_count} "
+                      f"measured round trips; read from /proc/PID/task/*/schedstat):", *rows])
 
 
 def format_ratios(report: Report) -> str:
     table = ratios(report)
     if not table:
         return ""
+    keys = [k for k, _, _, _ in COLUMNS] + ["rtt_cpu_us"]
     headings = ["ratio"] + [h.split(" (")[0].format(conns=report.config.get("conns", 200))
-                            for _, h, _, _ in COLUMNS]
+                            for _, h, _, _ in COLUMNS] + ["cpu µs/rtt"]
     rows = []
     for label, values in table.items():
-        rows.append([label] + [f"{values[k]:.2f}x" if k in values else "-" for k, _, _, _ in COLUMNS])
+        rows.append([label] + [f"{values[k]:.2f}x" if k in values else "-" for k in keys])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
     lines = ["  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(headings))]
     lines.append("  ".join("-" * w for w in widths))
@@ -196,6 +253,15 @@ def format_ratios(report: Report) -> str:
                                for i, c in enumerate(row)))
     lines.append("(path value / baseline value: above 1x is better for MB/s and setups/s, "
                  "below 1x is better for µs and echo seconds)")
+    verdicts = []
+    for path in ("pull", "expose"):
+        value = table.get(f"{path} / {CHAIN}", {}).get("rtt_p50_us")
+        if value is not None:
+            verdict = "meets" if value <= CHAIN_RTT_TARGET else "MISSES"
+            verdicts.append(f"{path} {value:.2f}x ({verdict})")
+    if verdicts:
+        lines.append(f"rtt p50 against the gevent chain, target <= {CHAIN_RTT_TARGET:.1f}x: "
+                     + "; ".join(verdicts))
     return "\n".join(lines)
 
 

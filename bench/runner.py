@@ -1,6 +1,7 @@
 """``python -m bench``: sets up every path, measures it, prints the table, writes JSON.
 
-Order: the target, then direct, ssh -L, and the kit (PULL, then EXPOSE, through one client).
+Order: the target, then direct, ssh -L, the gevent relay chain, and the kit (PULL, then EXPOSE,
+each through a client of its own).
 A path that cannot be set up, or dies midway, gets its reason in the table and the run goes on.
 """
 
@@ -31,7 +32,7 @@ from bench.load import (
     round_trips,
     upload,
 )
-from bench.monitor import MIB, RssMonitor
+from bench.monitor import MIB, CpuMeter, RssMonitor, process_tree, worker_pids
 from bench.paths import (
     REPO_ROOT,
     KitCredentials,
@@ -39,6 +40,7 @@ from bench.paths import (
     ensure_openssh,
     gone,
     log,
+    start_chain,
     start_kit_client,
     start_kit_server,
     start_ssh_forward,
@@ -47,8 +49,9 @@ from bench.paths import (
 from bench.procs import BenchError, Managed, ProcessSet, tail
 from bench.report import PathResult, Report, format_table, write_json
 
-ALL_PATHS = ("direct", "pull", "expose", "ssh")
-ROW_NAME = {"direct": "direct", "pull": "pull", "expose": "expose", "ssh": "ssh -L"}
+ALL_PATHS = ("direct", "pull", "expose", "ssh", "chain")
+ROW_NAME = {"direct": "direct", "pull": "pull", "expose": "expose", "ssh": "ssh -L",
+            "chain": "gevent chain"}
 
 
 class ConfigError(Exception):
@@ -91,7 +94,8 @@ class Config:
         raw_paths = env.get("BENCH_PATHS", "").strip()
         paths: tuple[str, ...] = ALL_PATHS
         if raw_paths:
-            chosen = tuple(p.strip().lower().replace("ssh -l", "ssh") for p in raw_paths.split(","))
+            chosen = tuple(p.strip().lower().replace("ssh -l", "ssh").replace("gevent chain", "chain")
+                           for p in raw_paths.split(","))
             unknown = [p for p in chosen if p not in ALL_PATHS]
             if unknown:
                 raise ConfigError(f"BENCH_PATHS: unknown {unknown}; choose from {', '.join(ALL_PATHS)}")
@@ -114,10 +118,11 @@ class Config:
 
 
 def measure_path(result: PathResult, ep: Endpoint, cfg: Config,
-                 alive: Callable[[], str | None] = lambda: None) -> None:
+                 alive: Callable[[], str | None] = lambda: None, cpu: CpuMeter | None = None) -> None:
     """Every measurement in turn; after a failure, a probe decides whether to go on.
 
-    ``alive`` returns why the path's processes have exited (or None while they run).
+    ``alive`` returns why the path's processes have exited (or None while they run). ``cpu``
+    measures the path's processes across the measured round trips of the RTT phase.
     """
     limits = Limits(stall_s=cfg.stall_s, test_timeout_s=cfg.test_timeout_s)
     name = result.name
@@ -140,9 +145,21 @@ def measure_path(result: PathResult, ep: Endpoint, cfg: Config,
         log(f"{name}: download {cfg.size_mib} MiB: {result.down_mb_s:.1f} MB/s")
 
     def do_rtt() -> None:
-        p50, p99 = round_trips(ep, cfg.rtt_count, cfg.rtt_warmup, cfg.rtt_payload_bytes, limits)
+        p50, p99 = round_trips(ep, cfg.rtt_count, cfg.rtt_warmup, cfg.rtt_payload_bytes, limits,
+                               on_start=cpu.start if cpu else None, on_end=cpu.stop if cpu else None)
         result.rtt_p50_us, result.rtt_p99_us = p50, p99
-        log(f"{name}: rtt {cfg.rtt_payload_bytes} B x {cfg.rtt_count}: p50 {p50:.0f} µs, p99 {p99:.0f} µs")
+        cpu_text = ""
+        if cpu is not None:
+            server_s, client_s = cpu.spent_s
+            if server_s is None or client_s is None:
+                result.rtt_cpu_error = "a process of the path was gone when its CPU time was read"
+            else:
+                result.rtt_server_cpu_us = server_s / cfg.rtt_count * 1e6
+                result.rtt_client_cpu_us = client_s / cfg.rtt_count * 1e6
+                cpu_text = (f"; CPU per round trip {result.rtt_server_cpu_us:.1f} µs server side, "
+                            f"{result.rtt_client_cpu_us:.1f} µs client side")
+        log(f"{name}: rtt {cfg.rtt_payload_bytes} B x {cfg.rtt_count}: p50 {p50:.0f} µs, p99 {p99:.0f} µs"
+            + cpu_text)
 
     def do_echo() -> None:
         echo = concurrent_echo(ep, cfg.conns, cfg.echo_kib * 1024, limits)
@@ -252,8 +269,9 @@ def run_kit(cfg: Config, procs: ProcessSet, target: Endpoint, work_dir: Path, re
             monitor.set_client(client.pid)
             log(f"measuring {path} ({ep.host}:{ep.sink_port},{ep.source_port},{ep.echo_port})")
             kit_server = server
+            cpu = CpuMeter(lambda: worker_pids(kit_server.pid), lambda: [client.pid])
             try:
-                measure_path(result, ep, cfg, alive=lambda: gone([kit_server, client]))
+                measure_path(result, ep, cfg, alive=lambda: gone([kit_server, client]), cpu=cpu)
             finally:
                 monitor.set_phase("idle")
                 monitor.set_client(None)
@@ -292,11 +310,37 @@ def run_ssh(cfg: Config, procs: ProcessSet, target: Endpoint, work_dir: Path, re
         return
     result = report.paths[name] = PathResult(name)
     log(f"measuring ssh -L ({ep.host}:{ep.sink_port},{ep.source_port},{ep.echo_port})")
-    measure_path(result, ep, cfg, alive=lambda: gone(processes))
+    sshd, ssh = processes
+    cpu = CpuMeter(lambda: process_tree(sshd.pid), lambda: [ssh.pid])
+    measure_path(result, ep, cfg, alive=lambda: gone(processes), cpu=cpu)
     if result.row_error or result.failures:
         report.notes.append("ssh -L failed; sshd and ssh logs:\n"
                             + "\n".join(m.describe_output() for m in processes))
     for managed in reversed(processes):
+        procs.stop(managed)
+
+
+def run_chain(cfg: Config, procs: ProcessSet, target: Endpoint, report: Report) -> None:
+    """The reference two-process gevent relay chain: client -> relay A -> relay B -> target."""
+    name = ROW_NAME["chain"]
+    log("starting the gevent relay chain")
+    try:
+        ports, processes = start_chain(
+            procs, (target.sink_port, target.source_port, target.echo_port), cfg.start_timeout_s)
+    except BenchError as exc:
+        report.paths[name] = PathResult(name, row_error=str(exc))
+        log(f"the gevent chain did not start: {exc}")
+        return
+    ep = Endpoint(target.host, *ports)
+    result = report.paths[name] = PathResult(name)
+    log(f"measuring the gevent chain ({ep.host}:{ep.sink_port},{ep.source_port},{ep.echo_port})")
+    relay_a, relay_b = processes
+    cpu = CpuMeter(lambda: [relay_b.pid], lambda: [relay_a.pid])
+    measure_path(result, ep, cfg, alive=lambda: gone(processes), cpu=cpu)
+    if result.row_error or result.failures:
+        report.notes.append("gevent chain failed; relay logs:\n"
+                            + "\n".join(m.describe_output() for m in processes))
+    for managed in processes:
         procs.stop(managed)
 
 
@@ -361,6 +405,8 @@ def main() -> int:
             measure_path(result, target, cfg)
         if "ssh" in cfg.paths:
             run_ssh(cfg, procs, target, work_dir, report)
+        if "chain" in cfg.paths:
+            run_chain(cfg, procs, target, report)
         if "pull" in cfg.paths or "expose" in cfg.paths:
             run_kit(cfg, procs, target, work_dir, report)
     except BenchError as exc:
