@@ -70,7 +70,7 @@ from bench.paths import (
     start_ssh_tunnel,
     start_sshd,
 )
-from bench.procs import BenchError, Managed, ProcessSet, unused_port, wait_until
+from bench.procs import BenchError, ConfigError, Managed, ProcessSet, env_number, unused_port, wait_until
 
 PATHS = ("direct", "pull", "expose", "ssh", "chain")
 PATH_NAME = {"direct": "direct", "pull": "pull", "expose": "expose", "ssh": "ssh -L",
@@ -80,10 +80,6 @@ TARGET_VS_SSH = 0.9  # PULL and EXPOSE against ssh -L, each test's median
 STEADY_FLOOR = 0.8  # no run below this fraction of its path's median
 PG_USER = "bench"
 PG_DATABASE = "postgres"
-
-
-class ConfigError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -102,18 +98,6 @@ class ClientsConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ClientsConfig:
-        def number(name: str, default: float, kind: Callable[[str], float]) -> float:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
-            if value <= 0:
-                raise ConfigError(f"{name}: must be positive, got {raw!r}")
-            return value
-
         def choice(name: str, allowed: tuple[str, ...], aliases: Mapping[str, str]) -> tuple[str, ...]:
             raw = env.get(name, "").strip()
             if not raw:
@@ -126,13 +110,13 @@ class ClientsConfig:
 
         redis_n = env.get("BENCH_CLIENTS_REDIS_N", "").strip()
         return cls(
-            rounds=int(number("BENCH_CLIENTS_ROUNDS", 5, int)),
+            rounds=int(env_number(env, "BENCH_CLIENTS_ROUNDS", 5, int)),
             paths=choice("BENCH_CLIENTS_PATHS", PATHS, {"ssh -l": "ssh", "gevent chain": "chain"}),
             servers=choice("BENCH_CLIENTS_SERVERS", SERVERS, {"postgres": "pg", "postgresql": "pg"}),
-            redis_s=number("BENCH_CLIENTS_REDIS_S", 2.5, float),
-            redis_n=int(number("BENCH_CLIENTS_REDIS_N", 1, int)) if redis_n else None,
-            pg_s=int(number("BENCH_CLIENTS_PG_S", 3, int)),
-            start_timeout_s=number("BENCH_START_TIMEOUT_S", 30.0, float),
+            redis_s=env_number(env, "BENCH_CLIENTS_REDIS_S", 2.5, float),
+            redis_n=int(env_number(env, "BENCH_CLIENTS_REDIS_N", 1, int)) if redis_n else None,
+            pg_s=int(env_number(env, "BENCH_CLIENTS_PG_S", 3, int)),
+            start_timeout_s=env_number(env, "BENCH_START_TIMEOUT_S", 30.0, float),
             allow_install=env.get("BENCH_NO_INSTALL", "") in ("", "0"),
             json_path=env.get("BENCH_CLIENTS_JSON") or None,
             keep_logs=env.get("BENCH_KEEP_LOGS", "") not in ("", "0"),

@@ -30,6 +30,28 @@ class BenchError(Exception):
     """A step of the bench failed; the message says what and includes the relevant output."""
 
 
+class ConfigError(Exception):
+    """A BENCH_* setting cannot be used; the message names it."""
+
+
+def env_number(env: Mapping[str, str], name: str, default: float, kind: Callable[[str], float]) -> float:
+    """A positive number from ``env[name]`` (``kind`` parses it), or ``default`` when unset.
+
+    Raises:
+        ConfigError: not a number, or not positive.
+    """
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name}: must be positive, got {raw!r}")
+    return value
+
+
 def tail(path: Path, size_bytes: int = LOG_TAIL_BYTES) -> str:
     """The last ``size_bytes`` of a log file, decoded leniently ('' if it does not exist)."""
     try:

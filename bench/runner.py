@@ -46,16 +46,12 @@ from bench.paths import (
     start_ssh_forward,
     start_target,
 )
-from bench.procs import BenchError, Managed, ProcessSet, tail
+from bench.procs import BenchError, ConfigError, Managed, ProcessSet, env_number, tail
 from bench.report import PathResult, Report, format_table, write_json
 
 ALL_PATHS = ("direct", "pull", "expose", "ssh", "chain")
 ROW_NAME = {"direct": "direct", "pull": "pull", "expose": "expose", "ssh": "ssh -L",
             "chain": "gevent chain"}
-
-
-class ConfigError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -79,18 +75,6 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        def number(name: str, default: float, kind: Callable[[str], float]) -> float:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
-            if value <= 0:
-                raise ConfigError(f"{name}: must be positive, got {raw!r}")
-            return value
-
         raw_paths = env.get("BENCH_PATHS", "").strip()
         paths: tuple[str, ...] = ALL_PATHS
         if raw_paths:
@@ -101,15 +85,15 @@ class Config:
                 raise ConfigError(f"BENCH_PATHS: unknown {unknown}; choose from {', '.join(ALL_PATHS)}")
             paths = tuple(p for p in ALL_PATHS if p in chosen)
         return cls(
-            size_mib=int(number("BENCH_SIZE_MIB", 256, int)),
-            rtt_count=int(number("BENCH_RTT_COUNT", 2000, int)),
-            conns=int(number("BENCH_CONNS", 200, int)),
-            echo_kib=int(number("BENCH_ECHO_KIB", 256, int)),
-            setup_max=int(number("BENCH_SETUP_MAX", 500, int)),
-            setup_s=number("BENCH_SETUP_S", 2.0, float),
-            test_timeout_s=number("BENCH_TEST_TIMEOUT_S", 60.0, float),
-            stall_s=number("BENCH_STALL_S", 20.0, float),
-            start_timeout_s=number("BENCH_START_TIMEOUT_S", 30.0, float),
+            size_mib=int(env_number(env, "BENCH_SIZE_MIB", 256, int)),
+            rtt_count=int(env_number(env, "BENCH_RTT_COUNT", 2000, int)),
+            conns=int(env_number(env, "BENCH_CONNS", 200, int)),
+            echo_kib=int(env_number(env, "BENCH_ECHO_KIB", 256, int)),
+            setup_max=int(env_number(env, "BENCH_SETUP_MAX", 500, int)),
+            setup_s=env_number(env, "BENCH_SETUP_S", 2.0, float),
+            test_timeout_s=env_number(env, "BENCH_TEST_TIMEOUT_S", 60.0, float),
+            stall_s=env_number(env, "BENCH_STALL_S", 20.0, float),
+            start_timeout_s=env_number(env, "BENCH_START_TIMEOUT_S", 30.0, float),
             allow_install=env.get("BENCH_NO_INSTALL", "") in ("", "0"),
             paths=paths,
             json_path=env.get("BENCH_JSON") or None,
